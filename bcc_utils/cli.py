@@ -1,0 +1,46 @@
+"""Command line: ``python -m bcc_utils <command> …`` — the same code the notebooks call.
+
+Each area of the library owns its commands in a small ``*cli`` module with a
+``register(subparsers)`` function; handlers import heavy libraries lazily so
+that ``python -m bcc_utils --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Modules that contribute subcommands (each defines ``register(subparsers)``).
+COMMAND_MODULES: tuple[str, ...] = (
+    "bcc_utils.data.cli",  # audit, split, download
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bcc_utils",
+        description="Blood cell classification (PBC dataset): data audit, leak-free split, training, evaluation.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # clear one-line errors for users
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
