@@ -1,0 +1,249 @@
+"""Dataset registry and downloads, against a local HTTP server and a fake kagglehub (never the internet)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import socket
+import sys
+import threading
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bcc_utils.data import SOURCES, DataWarning, download, read_bloodmnist
+from bcc_utils.paths import CLASSES
+
+PER_CLASS = 2  # real images per class in the small archives built here
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        if self.path.startswith("/fail500"):
+            self.send_error(500, "Server on fire")
+        else:
+            super().do_GET()
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """Serve ``tmp_path / "www"`` on 127.0.0.1; yields (base URL, folder, list of requested paths)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a, **kw: _Handler(*a, directory=str(www), **kw))
+    httpd.requests = []
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", www, httpd.requests
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _images(sample_root: Path) -> list[tuple[str, Path]]:
+    out = []
+    for label in CLASSES:
+        files = sorted(p for p in (sample_root / label).iterdir() if not p.name.startswith("."))
+        out += [(label, p) for p in files[:PER_CLASS]]
+    return out
+
+
+@pytest.fixture
+def pbc_zip(server, sample_root) -> str:
+    """A small archive in the Mendeley layout (plus macOS debris); returns its URL."""
+    _, www, _ = server
+    with zipfile.ZipFile(www / "pbc.zip", "w") as zf:
+        for label, path in _images(sample_root):
+            zf.write(path, f"PBC_dataset_normal_DIB/{label}/{path.name}")
+            zf.writestr(f"__MACOSX/PBC_dataset_normal_DIB/{label}/._{path.name}", b"\x00\x05\x16\x07")
+    return f"{server[0]}/pbc.zip"
+
+
+@pytest.fixture
+def small_counts(monkeypatch):
+    """Make the registry expect the small archives built here."""
+    counts = {c: PER_CLASS for c in CLASSES}
+    monkeypatch.setitem(SOURCES["pbc"], "class_counts", counts)
+    monkeypatch.setitem(SOURCES["pbc"], "n_files", PER_CLASS * len(CLASSES))
+    monkeypatch.setitem(SOURCES["kaggle"], "class_counts", counts)
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/pbc.zip"
+
+
+def test_registry_entries():
+    for name, info in SOURCES.items():
+        assert info["license"] == "CC BY 4.0" and "Acevedo" in info["citation"], name
+    assert sum(SOURCES["pbc"]["class_counts"].values()) == SOURCES["pbc"]["n_files"] - 1 == 17092
+    blood = SOURCES["bloodmnist"]
+    assert sum(blood["n_samples"].values()) == 17092
+    assert set(blood["urls"]) == set(blood["md5"]) == {28, 64, 128, 224}
+    assert all(len(m) == 32 for m in blood["md5"].values())
+    assert list(blood["label"].values()) == list(CLASSES)
+
+
+def test_pbc_download_extract_verify_and_reuse(pbc_zip, small_counts, tmp_path, server):
+    dest = tmp_path / "cache" / "pbc"
+    root = download("pbc", dest, url=pbc_zip, retries=0)
+    assert root == dest / "PBC_dataset_normal_DIB"
+    assert sorted(p.name for p in root.iterdir()) == sorted(CLASSES)
+    assert sum(1 for _ in root.rglob("*.jpg")) == PER_CLASS * len(CLASSES)
+    assert not (dest / "__MACOSX").exists() and not (dest / SOURCES["pbc"]["filename"]).exists()
+    # a second call finds the verified folder and does not touch the network
+    assert download("pbc", dest, url=_closed_port_url(), retries=0) == root
+    assert server[2] == ["/pbc.zip"]
+
+
+def test_pbc_url_from_environment(pbc_zip, small_counts, tmp_path, monkeypatch):
+    monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("BCC_PBC_URL", pbc_zip)
+    assert download("pbc", retries=0) == tmp_path / "cache" / "pbc" / "PBC_dataset_normal_DIB"
+
+
+def test_pbc_wrong_file_counts_are_refused(pbc_zip, tmp_path):
+    with pytest.raises(RuntimeError, match="does not match the original PBC archive"):
+        download("pbc", tmp_path / "d", url=pbc_zip, retries=0)
+
+
+def test_pbc_wrong_checksum(pbc_zip, small_counts, tmp_path, monkeypatch):
+    monkeypatch.setitem(SOURCES["pbc"], "sha256", "0" * 64)
+    with pytest.raises(RuntimeError, match="checksum") as info:
+        download("pbc", tmp_path / "d", url=pbc_zip, retries=0)
+    assert "BCC_DATA_DIR" in str(info.value)
+    assert not list((tmp_path / "d").glob("*.zip"))  # nothing half-verified is kept
+
+
+def test_http_404_gives_one_clear_error_without_retrying(server, tmp_path):
+    base, _, requests = server
+    dest = tmp_path / "d"
+    with pytest.raises(RuntimeError) as info:
+        download("pbc", dest, url=f"{base}/missing.zip", retries=3)
+    message = str(info.value)
+    assert "HTTP 404" in message and "PBC_dataset_normal_DIB" in message
+    assert f"BCC_DATA_DIR={dest}" in message and SOURCES["pbc"]["homepage"] in message
+    assert requests == ["/missing.zip"]  # a 4xx is final
+
+
+def test_http_500_is_retried_then_reported(server, tmp_path):
+    base, _, requests = server
+    with pytest.raises(RuntimeError, match="500"):
+        download("pbc", tmp_path / "d", url=f"{base}/fail500.zip", retries=1)
+    assert requests == ["/fail500.zip", "/fail500.zip"]
+
+
+def test_offline(tmp_path):
+    with pytest.raises(RuntimeError, match="no connection"):
+        download("pbc", tmp_path / "d", url=_closed_port_url(), retries=0)
+
+
+def test_broken_zip_is_deleted(server, small_counts, tmp_path):
+    base, www, _ = server
+    (www / "broken.zip").write_bytes(b"PK\x03\x04 this is not really a zip")
+    with pytest.raises(RuntimeError, match="not a valid zip"):
+        download("pbc", tmp_path / "d", url=f"{base}/broken.zip", retries=0)
+    assert not list((tmp_path / "d").glob("*.zip"))
+
+
+@pytest.fixture
+def fake_npz(server, sample_root) -> tuple[str, str]:
+    """A tiny file in MedMNIST's npz layout made from real cells; returns (URL, md5)."""
+    import cv2
+
+    arrays = {}
+    for split, step in (("train", 0), ("val", 1), ("test", 2)):
+        picks = _images(sample_root)[step::3]
+        arrays[f"{split}_images"] = np.stack(
+            [cv2.resize(cv2.imread(str(p))[:, :, ::-1], (28, 28), interpolation=cv2.INTER_AREA) for _, p in picks])
+        arrays[f"{split}_labels"] = np.array([[CLASSES.index(c)] for c, _ in picks], dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    (server[1] / "blood.npz").write_bytes(buf.getvalue())
+    return f"{server[0]}/blood.npz", hashlib.md5(buf.getvalue()).hexdigest()
+
+
+def test_bloodmnist_download_and_read(fake_npz, tmp_path, monkeypatch):
+    url, md5 = fake_npz
+    monkeypatch.setitem(SOURCES["bloodmnist"], "md5", {**SOURCES["bloodmnist"]["md5"], 64: md5})
+    monkeypatch.setenv("BCC_BLOODMNIST_URL", url)
+    path = download("bloodmnist", tmp_path / "b", size=64, retries=0)
+    assert path == tmp_path / "b" / "bloodmnist_64.npz"
+    images, labels = read_bloodmnist(path, "val")
+    assert images.shape[1:] == (28, 28, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and len(labels) == len(images) and set(labels) <= set(range(8))
+    with pytest.raises(ValueError, match="split"):
+        read_bloodmnist(path, "validation")
+
+
+def test_bloodmnist_wrong_checksum(fake_npz, tmp_path):
+    with pytest.raises(RuntimeError, match="checksum") as info:
+        download("bloodmnist", tmp_path / "b", url=fake_npz[0], size=28, retries=0)
+    assert "bloodmnist.npz" in str(info.value) and SOURCES["bloodmnist"]["md5"][28] in str(info.value)
+    assert not (tmp_path / "b" / "bloodmnist.npz").exists()
+
+
+def _kaggle_tree(tmp_path: Path, sample_root: Path) -> Path:
+    version = tmp_path / "kh" / "datasets" / "unclesamulus" / "blood-cells-image-dataset" / "versions" / "1"
+    for label, path in _images(sample_root):
+        target = version / "bloodcells_dataset" / label
+        target.mkdir(parents=True, exist_ok=True)
+        (target / path.name).write_bytes(path.read_bytes())
+    return version
+
+
+def _fake_kagglehub(monkeypatch, result=None, error=None) -> list:
+    calls = []
+
+    def dataset_download(handle, *args, **kwargs):
+        import os
+
+        calls.append((handle, os.environ.get("KAGGLEHUB_CACHE")))
+        if error:
+            raise error
+        return str(result)
+
+    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=dataset_download))
+    return calls
+
+
+def test_kaggle_with_fake_kagglehub(tmp_path, sample_root, monkeypatch, small_counts):
+    monkeypatch.delenv("KAGGLEHUB_CACHE", raising=False)
+    calls = _fake_kagglehub(monkeypatch, result=_kaggle_tree(tmp_path, sample_root))
+    root = download("kaggle", tmp_path / "kc")
+    assert root.name == "bloodcells_dataset" and root.parent.name == "1"
+    assert calls == [(SOURCES["kaggle"]["handle"], str(tmp_path / "kc"))]
+
+
+def test_kaggle_count_mismatch_warns(tmp_path, sample_root, monkeypatch):
+    _fake_kagglehub(monkeypatch, result=_kaggle_tree(tmp_path, sample_root))
+    with pytest.warns(DataWarning, match="differs"):
+        download("kaggle", tmp_path / "kc")
+
+
+def test_kaggle_failures(tmp_path, monkeypatch):
+    _fake_kagglehub(monkeypatch, error=ConnectionError("Name or service not known"))
+    with pytest.raises(RuntimeError, match="bloodcells_dataset") as info:
+        download("kaggle", tmp_path / "kc")
+    assert "Name or service not known" in str(info.value)
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # not installed
+    with pytest.raises(RuntimeError, match="pip install kagglehub"):
+        download("kaggle", tmp_path / "kc")
+
+
+def test_unknown_source_and_size(tmp_path):
+    with pytest.raises(ValueError, match="unknown source"):
+        download("imagenet", tmp_path)
+    with pytest.raises(ValueError, match="size"):
+        download("bloodmnist", tmp_path, size=32)
