@@ -73,7 +73,7 @@ def run_series(
     out = Path(out_dir).resolve()
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    os.environ[DATA_ENV] = str(find_data_dir(data_dir).resolve())
+    os.environ[DATA_ENV] = str(_data_or_download(data_dir).resolve())
     os.environ[RUNS_ENV] = str(out / "runs")
     os.environ[SMOKE_ENV] = "1" if smoke else "0"
 
@@ -94,6 +94,19 @@ def run_series(
         if status != "ok":
             break
     return report
+
+
+def _data_or_download(data_dir) -> Path:
+    """The dataset folder; when none is found (no argument, no ``$BCC_DATA_DIR``), download the archive."""
+    if data_dir is not None or os.environ.get(DATA_ENV):
+        return find_data_dir(data_dir)
+    try:
+        return find_data_dir()
+    except FileNotFoundError:
+        from bcc_utils.data import download
+
+        print("No PBC dataset found locally: downloading the original archive (about 270 MB) once.", flush=True)
+        return download("pbc")
 
 
 def register(sub) -> None:

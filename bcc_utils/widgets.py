@@ -1,0 +1,163 @@
+"""Interactive panels for the notebooks (ipywidgets): move a slider, see the cell change.
+
+Each panel is an ``ipywidgets.interactive`` — the object behind ``interact`` —
+laid out in a grid; like ``interact`` (and unlike ``interact_manual``) it runs
+once with its default values when created, so a notebook executed headless
+(CI, ``python -m bcc_utils series``) still runs the code. Neither GitHub nor
+nbval shows widgets: the notebooks follow every panel with a static figure.
+
+All computing is done by the library (:mod:`bcc_utils.preprocess`,
+:mod:`bcc_utils.augment`); the panels only wire controls to it and draw with
+:mod:`bcc_utils.figures`. Introduced in notebook 02.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from bcc_utils import figures
+
+#: One strength slider per augmentation component: (label, AugmentParams field(s), min, max, step, default).
+#: ``flip`` has no strength (a toggle only). Tuple-valued fields get ``(value / 2, value)``.
+STRENGTH_SLIDERS: dict[str, tuple] = {
+    "rotate": ("rotate ±°", ("rotate_limit",), 0.0, 90.0, 5.0, 25.0),
+    "scale": ("scale ±", ("scale_limit",), 0.0, 0.5, 0.05, 0.15),
+    "shift_scale_rotate": ("shift ±", ("shift_limit",), 0.0, 0.25, 0.0125, 0.0625),
+    "brightness_contrast": ("bright./contr. ±", ("brightness_limit", "contrast_limit"), 0.0, 0.6, 0.05, 0.2),
+    "hue_saturation": ("hue ±", ("hue_shift_limit",), 0.0, 90.0, 5.0, 20.0),
+    "noise": ("noise σ max", ("noise_std_range",), 0.0, 0.2, 0.005, 0.0277),
+    "motion_blur": ("blur kernel max", ("motion_blur_limit",), 3, 31, 2, 7),
+    "cutout": ("hole size max", ("cutout_size",), 0.02, 0.3, 0.01, 0.08),
+}
+_TUPLE_FIELDS = {"noise_std_range", "cutout_size"}
+
+
+def _display(obj) -> None:
+    from IPython.display import display
+
+    display(obj)
+
+
+def _layout(panel, rows: list[list[str]]):
+    """Arrange the controls of an ``interactive`` in rows (by keyword name), output below."""
+    import ipywidgets as W
+
+    by_name = {getattr(c, "_kwarg", None): c for c in panel.kwargs_widgets}
+    boxes = [W.HBox([by_name[n] for n in row if n in by_name]) for row in rows]
+    return W.VBox([*boxes, panel.children[-1]])
+
+
+def strength_overrides(component: str, value: float) -> dict:
+    """``AugmentParams`` overrides that set one component's strength slider to ``value``."""
+    _, names, *_ = STRENGTH_SLIDERS[component]
+    out = {}
+    for name in names:
+        if name in _TUPLE_FIELDS:
+            out[name] = (float(value) / 2, float(value))
+        elif name == "motion_blur_limit":
+            out[name] = max(3, int(value) | 1)  # an odd kernel size >= 3
+        else:
+            out[name] = float(value)
+    return out
+
+
+def clahe_explorer(images: Mapping[str, np.ndarray], display: bool = True):
+    """Panel: pick a cell, move the clip limit and the tile grid, choose the colour space.
+
+    Parameters
+    ----------
+    images
+        ``{name: RGB uint8 image}``, e.g. one cell per class.
+    display
+        Show the panel (``False`` in tests).
+
+    Returns
+    -------
+    ipywidgets.interactive
+        Its ``result`` is the figure of the current settings.
+    """
+    import ipywidgets as W
+
+    from bcc_utils.preprocess import CLAHE_SPACES, ClaheSettings, apply_clahe
+
+    names = list(images)
+    style = {"description_width": "initial"}
+
+    def show(cell, clip_limit, tiles, space):
+        settings = ClaheSettings(clip_limit=clip_limit, tile_grid_size=tiles, space=space)
+        image = images[cell]
+        title = f"{cell}: clip {clip_limit:g}, {tiles}×{tiles} tiles, {space}"
+        fig = figures.before_after({title: (image, apply_clahe(image, settings))}, size=2.6)
+        _display(fig)
+        return fig
+
+    panel = W.interactive(
+        show,
+        cell=W.Dropdown(options=names, value=names[0], description="cell", style=style),
+        clip_limit=W.FloatSlider(value=2.0, min=0.5, max=10.0, step=0.5, description="clip limit",
+                                 continuous_update=False, style=style),
+        tiles=W.IntSlider(value=8, min=1, max=32, step=1, description="tiles per side", continuous_update=False,
+                          style=style),
+        space=W.Dropdown(options=list(CLAHE_SPACES), value="lab", description="equalise in", style=style),
+    )
+    if display:
+        _display(_layout(panel, [["cell", "space"], ["clip_limit", "tiles"]]))
+    return panel
+
+
+def augmentation_explorer(image: np.ndarray, n: int = 4, display: bool = True):
+    """Panel: a toggle per augmentation, a strength slider per augmentation, and a draw number.
+
+    Every enabled component is applied with probability 1 (so its effect is
+    always visible); ``n`` draws with consecutive seeds are shown next to the original.
+
+    Parameters
+    ----------
+    image
+        A preprocessed RGB uint8 square image (e.g. 300 × 300 after CLAHE).
+    n
+        Augmented versions shown per setting.
+    display
+        Show the panel (``False`` in tests).
+
+    Returns
+    -------
+    ipywidgets.interactive
+        Its ``result`` is the figure of the current settings.
+    """
+    import ipywidgets as W
+
+    from bcc_utils.augment import COMPONENTS, augment_once
+
+    short = {"width": "auto"}
+    toggles = {f"use_{c}": W.Checkbox(value=True, description=c, indent=False, layout=short) for c in COMPONENTS}
+    sliders = {}
+    for comp, (label, _, lo, hi, step, default) in STRENGTH_SLIDERS.items():
+        cls = W.IntSlider if isinstance(default, int) else W.FloatSlider
+        sliders[f"strength_{comp}"] = cls(value=default, min=lo, max=hi, step=step, description=label,
+                                          continuous_update=False, style={"description_width": "110px"})
+
+    def show(draw, **controls):
+        enabled = [c for c in COMPONENTS if controls[f"use_{c}"]]
+        overrides = {}
+        for comp in STRENGTH_SLIDERS:
+            overrides.update(strength_overrides(comp, controls[f"strength_{comp}"]))
+        views = [augment_once(image, enabled, seed=draw * n + i, always=True, **overrides) for i in range(n)]
+        titles = ["original"] + [f"draw {draw * n + i}" for i in range(n)]
+        off = [c for c in COMPONENTS if c not in enabled]
+        subtitle = "every component" if not off else "nothing" if not enabled else "all but " + ", ".join(off)
+        fig = figures.image_grid([image, *views], titles=titles, ncols=n + 1, size=1.7,
+                                 suptitle=f"applied with p = 1: {subtitle}")
+        _display(fig)
+        return fig
+
+    panel = W.interactive(show, draw=W.IntSlider(value=0, min=0, max=50, description="draw",
+                                                  continuous_update=False), **toggles, **sliders)
+    names = list(toggles)
+    slider_names = list(sliders)
+    rows = [names[:5], names[5:], slider_names[:3], slider_names[3:6], slider_names[6:] + ["draw"]]
+    if display:
+        _display(_layout(panel, rows))
+    return panel
