@@ -14,6 +14,9 @@ import sys
 #: Modules that contribute subcommands (each defines ``register(subparsers)``).
 COMMAND_MODULES: tuple[str, ...] = (
     "bcc_utils.data.cli",  # audit, split, download
+    "bcc_utils.series",  # series (run the notebooks headless)
+    "bcc_utils.train_cli",  # train, evaluate, predict
+    "bcc_utils.bench",  # bench pipeline (data-loading throughput)
 )
 
 

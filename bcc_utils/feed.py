@@ -1,0 +1,85 @@
+"""What the training loop consumes: cached images per split, and one epoch's uint8 batches.
+
+Two paths (``cfg.augment``):
+
+* ``"dihedral"``/``"none"`` — the training split is held in memory as one uint8 tensor and batched
+  in the main process (:class:`bcc_utils.batches.MemoryBatches`); no worker processes. Fast on a CPU.
+* ``"paper"`` — per-image albumentations in DataLoader workers over the memory-mapped cache
+  (:class:`bcc_utils.cache.CachedDataset`); the GPU recipe.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bcc_utils.batches import MemoryBatches
+from bcc_utils.config import TrainConfig
+from bcc_utils.inference import clahe_settings
+from bcc_utils.paths import CLASSES
+
+
+class RunData:
+    """Preprocessed images (cache) and per-split rows and labels of one run."""
+
+    def __init__(self, cfg: TrainConfig, root: Path, manifest, cache_dir, progress: bool):
+        from bcc_utils.cache import build_cache
+
+        self.manifest = manifest
+        self.images = build_cache(root, manifest, cfg.img_size, clahe_settings(cfg), cache_dir, progress=progress)
+        self.rows, self.labels = {}, {}
+        for split in ("train", "val", "test"):
+            part = manifest[manifest["split"] == split]
+            self.rows[split] = np.array([self.images.index_of(p) for p in part["path"]], dtype=np.int64)
+            self.labels[split] = np.array([CLASSES.index(c) for c in part["label"]], dtype=np.int64)
+        if not len(self.rows["train"]) or not len(self.rows["val"]):
+            raise ValueError("the train and val splits must not be empty (dataset too small?)")
+
+
+def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: torch.Generator, memory):
+    """An iterable of uint8 (x, y) batches for one epoch (in-memory path or DataLoader path)."""
+    n = len(data.rows["train"])
+    drop_last = n > cfg.batch_size
+    if cfg.augment != "paper":
+        order = torch.randperm(n, generator=g) if sampler is None else torch.as_tensor(list(sampler))
+        return MemoryBatches(*memory, cfg.batch_size, order, cfg.augment == "dihedral", g, drop_last,
+                             cfg.limit_train_batches)
+    from bcc_utils.augment import build_train_transform
+    from bcc_utils.cache import CachedDataset
+    from bcc_utils.workers import make_loader, reseed_transform
+
+    ds = CachedDataset(data.images, data.manifest, "train", transform=build_train_transform(cfg.img_size))
+    workers = min(os.cpu_count() or 1, 8) if cfg.num_workers < 0 else cfg.num_workers
+    if workers == 0:
+        reseed_transform(ds.transform, epoch_seed)
+    # Workers are re-created every epoch (not persistent): their seeds then follow the per-epoch seed.
+    loader = make_loader(ds, cfg.batch_size, sampler=sampler, shuffle=sampler is None, workers=workers,
+                         drop_last=drop_last, pin_memory=torch.cuda.is_available(), persistent=False)
+    if cfg.limit_train_batches:
+        return _Limited(loader, cfg.limit_train_batches)
+    return loader
+
+
+class _Limited:
+    """The first ``n`` batches of a loader."""
+
+    def __init__(self, it, n):
+        self.it, self.n = it, min(n, len(it))
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for i, b in enumerate(self.it):
+            if i >= self.n:
+                break
+            yield b
+
+
+def steps_per_epoch(cfg: TrainConfig, n: int) -> int:
+    """Optimizer steps per epoch for ``n`` training images (last partial batch dropped, as in the loaders)."""
+    steps = n // cfg.batch_size if n > cfg.batch_size else 1
+    return min(steps, cfg.limit_train_batches) if cfg.limit_train_batches else steps

@@ -1,0 +1,217 @@
+"""Inference with a trained checkpoint: class probabilities, test-split evaluation, single images.
+
+The same preprocessing as in training is applied everywhere: decode, CLAHE (if the run used it),
+square resize (:func:`bcc_utils.preprocess.preprocess_image`), normalisation with the model's
+statistics, and the run's test-time augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bcc_utils.batches import nhwc_to_nchw, to_input, tta_views
+from bcc_utils.checkpoint import load_checkpoint
+from bcc_utils.config import TrainConfig
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``cfg.amp`` on ``device`` (``None`` = full precision; always ``None`` on CPU)."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "auto":  # bf16 needs Ampere or newer (a T4 reports bf16 "support" but only emulates it)
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images, rows=None, *, mean, std, device="cpu", batch_size: int = 128,
+                  tta: str = "none", channels_last: bool = True, amp: torch.dtype | None = None,
+                  limit_batches: int = 0, progress: bool = False, desc: str = "predict") -> np.ndarray:
+    """Softmax probabilities (mean over TTA views) of uint8 N×S×S×3 images.
+
+    Parameters
+    ----------
+    model
+        Classifier; put in eval mode here.
+    images
+        Array-like N×S×S×3 uint8 (numpy, memmap or tensor); only ``rows`` are read, batch by batch.
+    rows
+        Indices into ``images`` (default: all).
+    mean, std
+        Normalisation (see :func:`bcc_utils.models.input_stats`).
+    tta
+        ``"none"`` or ``"dihedral"`` (see :func:`bcc_utils.batches.tta_views`).
+    limit_batches
+        Stop after this many batches (0 = all).
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = torch.device(device)
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+    starts = list(range(0, len(rows), batch_size))[: limit_batches or None]
+    out = []
+    for a in tqdm(starts, desc=desc, leave=False, disable=not progress):
+        batch = images[rows[a:a + batch_size]]
+        x = to_input(nhwc_to_nchw(np.asarray(batch) if not torch.is_tensor(batch) else batch),
+                     mean, std, device, channels_last)
+        views = tta_views(x, tta)
+        prob = 0
+        for view in views:
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                prob = prob + model(view).float().softmax(1)
+        out.append((prob / len(views)).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def clahe_settings(cfg: TrainConfig):
+    """The run's :class:`~bcc_utils.preprocess.ClaheSettings`, or ``None`` without CLAHE."""
+    from bcc_utils.preprocess import ClaheSettings
+
+    return ClaheSettings(cfg.clahe_clip_limit, cfg.clahe_tile_grid_size, cfg.clahe_space) if cfg.clahe else None
+
+
+def load_model(checkpoint: str | os.PathLike | dict, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model of a checkpoint (no download) and load its weights; returns ``(model, ckpt)``."""
+    from bcc_utils.models import create_model
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    model = create_model(cfg.model, num_classes=len(ckpt["classes"]), pretrained=False, drop_rate=cfg.drop_rate)
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model.eval(), ckpt
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir=None, split: str = "test", cache_dir=None,
+                        device: str = "auto", progress: bool = True) -> dict:
+    """Recompute the test metrics of ``metrics.json`` from a checkpoint and the manifest stored in it.
+
+    Returns
+    -------
+    dict
+        ``{"split", "test": <metrics.json test section>, "predictions": DataFrame, "infer_s", "n",
+        "manifest_hash", "best_epoch"}``.
+    """
+    import pandas as pd
+
+    from bcc_utils.cache import build_cache
+    from bcc_utils.data import locate_root, manifest_hash
+    from bcc_utils.metrics import classification_report_dict
+    from bcc_utils.paths import find_data_dir
+
+    dev = resolve_device(device)
+    model, ckpt = load_model(checkpoint, dev)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    manifest = pd.DataFrame(ckpt["manifest"])
+    if manifest_hash(manifest) != ckpt["manifest_hash"]:
+        raise ValueError("the manifest stored in the checkpoint does not match its hash (corrupted file?)")
+    root = locate_root(find_data_dir(data_dir))
+    images = build_cache(root, manifest, cfg.img_size, clahe_settings(cfg), cache_dir, progress=progress)
+    part = manifest[manifest["split"] == split]
+    if part.empty:
+        raise ValueError(f"split {split!r} is empty in this checkpoint's manifest")
+    rows = np.array([images.index_of(p) for p in part["path"]])
+    classes = list(ckpt["classes"])
+    y = np.array([classes.index(c) for c in part["label"]])
+    t0 = time.perf_counter()
+    prob = predict_proba(model, images.array, rows, mean=ckpt["norm"]["mean"], std=ckpt["norm"]["std"], device=dev,
+                         batch_size=cfg.eval_batch_size, tta=cfg.tta,
+                         channels_last=cfg.channels_last, amp=amp_dtype(cfg.amp, dev),
+                         limit_batches=cfg.limit_eval_batches, progress=progress, desc=split)
+    infer_s = time.perf_counter() - t0
+    y = y[: len(prob)]
+    report = classification_report_dict(y, prob, classes, cfg.bootstrap_resamples, seed=cfg.seed)
+    pred = prob.argmax(1)
+    df = pd.DataFrame({"path": list(part["path"])[: len(prob)], "label": [classes[i] for i in y],
+                       "pred": [classes[i] for i in pred], "confidence": prob.max(1).round(6)})
+    for i, c in enumerate(classes):
+        df[f"prob_{c}"] = prob[:, i].round(6)
+    return {"split": split, "test": report, "predictions": df, "infer_s": infer_s, "n": int(len(prob)),
+            "manifest_hash": ckpt["manifest_hash"], "best_epoch": int(ckpt["epoch"])}
+
+
+def image_files(inputs, warn: bool = True) -> list[Path]:
+    """Expand files and folders (recursively, image suffixes only; hidden files skipped) into a list.
+
+    A named file is always kept (it is checked when read); a missing path raises ``FileNotFoundError``.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file())
+            for f in found:
+                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                    files.append(f)
+                elif warn:
+                    warnings.warn(f"skipping {f}: not an image file name", stacklevel=2)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"No such file or folder: {p}")
+    return files
+
+
+def predict_images(checkpoint: str | os.PathLike | tuple, inputs, top_k: int = 3, device: str = "cpu") -> list[dict]:
+    """Classify image files with a trained checkpoint.
+
+    Parameters
+    ----------
+    checkpoint
+        Path of ``best.pt``/``last.pt`` (or a ``(model, ckpt)`` pair from :func:`load_model`).
+    inputs
+        Image files and/or folders (see :func:`image_files`). A named file that cannot be decoded
+        raises :class:`bcc_utils.data.ImageReadError` naming it; such files inside a folder are
+        skipped with a warning.
+
+    Returns
+    -------
+    list of dict
+        ``{"file", "class", "confidence", "top": [{"class", "prob"}, ...]}`` per image.
+    """
+    from bcc_utils.data import read_image
+    from bcc_utils.preprocess import preprocess_image
+
+    named = {Path(i).expanduser() for i in inputs if Path(i).expanduser().is_file()}
+    files = image_files(inputs)
+    dev = resolve_device(device)
+    model, ckpt = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint, dev)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    classes, clahe = list(ckpt["classes"]), clahe_settings(cfg)
+    results = []
+    for f in files:
+        try:
+            rgb = read_image(f)
+        except ValueError as exc:
+            if f in named:
+                raise
+            warnings.warn(f"skipping {f}: {exc}", stacklevel=2)
+            continue
+        x = preprocess_image(rgb, cfg.img_size, clahe)[None]
+        prob = predict_proba(model, x, mean=ckpt["norm"]["mean"], std=ckpt["norm"]["std"], device=dev,
+                             tta=cfg.tta, channels_last=cfg.channels_last)[0]
+        order = np.argsort(-prob)[:top_k]
+        results.append({"file": str(f), "class": classes[order[0]], "confidence": float(prob[order[0]]),
+                        "top": [{"class": classes[i], "prob": float(prob[i])} for i in order]})
+    return results

@@ -1,0 +1,213 @@
+"""Figures of training runs: curves, confusion matrices, per-class F1, misclassified cells.
+
+Every function returns a :class:`matplotlib.figure.Figure` made without pyplot (nothing is shown
+twice, nothing stays open); a notebook cell shows it by ending with it.
+Inputs are what :func:`bcc_utils.train.train` writes: ``history.csv``, ``metrics.json``
+(see :mod:`bcc_utils.metrics`) and ``predictions.csv``. Figures showing cells carry the
+dataset's attribution (:data:`PBC_CREDIT`, CC BY 4.0 asks for it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from bcc_utils.figures import PBC_CREDIT, image_grid
+
+
+def credit(fig: Figure, text: str = PBC_CREDIT) -> Figure:
+    """Write the dataset attribution in small grey letters at the bottom right of ``fig``."""
+    fig.text(0.995, 0.005, text, ha="right", va="bottom", fontsize=6, color="0.45")
+    return fig
+
+
+def _history(history) -> pd.DataFrame:
+    if isinstance(history, (str, os.PathLike)):
+        p = Path(history)
+        return pd.read_csv(p / "history.csv" if p.is_dir() else p)
+    return pd.DataFrame(history)
+
+
+def plot_history(history, title: str | None = None) -> Figure:
+    """Loss, accuracy and learning rate per epoch (train and validation).
+
+    Parameters
+    ----------
+    history
+        A run folder, a ``history.csv`` path, a DataFrame or a list of history rows.
+    """
+    h = _history(history)
+    fig = Figure(figsize=(11, 3.0), layout="tight")
+    axes = fig.subplots(1, 3)
+    if h.empty:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no epoch yet", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    e = h["epoch"]
+    axes[0].plot(e, h["train_loss"], "o-", label="train")
+    axes[0].plot(e, h["val_loss"], "s-", label="validation")
+    axes[0].set(title="loss", xlabel="epoch")
+    axes[1].plot(e, h["train_acc"], "o-", label="train")
+    axes[1].plot(e, h["val_acc"], "s-", label="validation")
+    best = h.loc[h["val_acc"].idxmax()]
+    axes[1].annotate(f"best {best['val_acc']:.2%}", (best["epoch"], best["val_acc"]), textcoords="offset points",
+                     xytext=(0, -14), ha="center", fontsize=8)
+    axes[1].set(title="accuracy", xlabel="epoch")
+    axes[2].plot(e, h["lr"], "o-", color="0.3")
+    axes[2].set(title="learning rate (start of epoch)", xlabel="epoch", yscale="log")
+    for ax in axes[:2]:
+        ax.legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+class LiveCurves:
+    """A training callback that redraws :func:`plot_history` in a notebook after every epoch.
+
+    Use as ``train(cfg, data_dir, out, callback=LiveCurves())``; outside IPython it prints the rows.
+    """
+
+    def __init__(self, title: str | None = None):
+        self.rows: list[dict] = []
+        self.title = title
+        self._handle = None
+
+    def __call__(self, row: dict) -> None:
+        self.rows.append(dict(row))
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:  # pragma: no cover
+            get_ipython = None
+        if get_ipython is None or get_ipython() is None:
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            return
+        fig = plot_history(self.rows, self.title)
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+
+
+def plot_confusion_matrix(metrics_or_cm, classes: Sequence[str] | None = None, title: str | None = None) -> Figure:
+    """Confusion matrix heatmaps: counts (left) and row-normalised recall per class (right).
+
+    Parameters
+    ----------
+    metrics_or_cm
+        A ``metrics.json`` dict (or its ``test`` section), or a K×K count matrix.
+    classes
+        Class names (taken from the metrics when given one).
+    """
+    import seaborn as sns
+
+    m = metrics_or_cm
+    if isinstance(m, Mapping):
+        classes = classes or m.get("classes") or list(m.get("per_class", m.get("test", {}).get("per_class", {})))
+        m = m.get("test", m)["confusion_matrix"]
+    cm = np.asarray(m, dtype=float)
+    classes = list(classes or range(len(cm)))
+    norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
+    fig = Figure(figsize=(12, 4.8), layout="tight")
+    axes = fig.subplots(1, 2)
+    sns.heatmap(cm, annot=True, fmt=".0f", cmap="Blues", cbar=False, ax=axes[0],
+                xticklabels=classes, yticklabels=classes, annot_kws={"fontsize": 7})
+    sns.heatmap(norm, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=axes[1],
+                xticklabels=classes, yticklabels=classes, annot_kws={"fontsize": 7})
+    axes[0].set_title("counts")
+    axes[1].set_title("row-normalised (recall)")
+    for ax in axes:
+        ax.set(xlabel="predicted", ylabel="true")
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        ax.tick_params(axis="y", rotation=0, labelsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_per_class_f1(results: Mapping[str, dict], title: str = "F1 per class (test split)") -> Figure:
+    """Grouped bars of per-class F1, one bar colour per run.
+
+    Parameters
+    ----------
+    results
+        ``{run name: metrics dict}`` (e.g. from :func:`bcc_utils.metrics.load_results`).
+    """
+    runs = list(results)
+    classes = list(next(iter(results.values()))["test"]["per_class"])
+    width = 0.8 / max(len(runs), 1)
+    fig = Figure(figsize=(max(7, len(classes) * 0.5 * (1 + len(runs))), 3.4), layout="tight")
+    ax = fig.subplots()
+    x = np.arange(len(classes))
+    for i, run in enumerate(runs):
+        pc = results[run]["test"]["per_class"]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, [pc[c]["f1"] for c in classes], width, label=run)
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    low = min(results[r]["test"]["per_class"][c]["f1"] for r in runs for c in classes)
+    ax.set_ylim(max(0.0, min(0.9, low - 0.05)), 1.0)
+    ax.set(ylabel="F1", title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def misclassified_gallery(predictions, data_dir, n: int = 16, ncols: int = 8, clahe=None) -> Figure:
+    """The most confidently wrong test images with true class, predicted class and confidence.
+
+    Parameters
+    ----------
+    predictions
+        ``predictions.csv`` path, a run folder, or its DataFrame.
+    data_dir
+        The dataset folder the run was trained on (paths in the predictions are relative to it).
+    n
+        How many images (the most confident mistakes first).
+    clahe
+        Optional :class:`~bcc_utils.preprocess.ClaheSettings` to show the images as the model saw them.
+    """
+    from bcc_utils.data import locate_root, read_image
+    from bcc_utils.preprocess import apply_clahe
+
+    df = predictions
+    if not isinstance(df, pd.DataFrame):
+        p = Path(df)
+        df = pd.read_csv(p / "predictions.csv" if p.is_dir() else p)
+    wrong = df[df["label"] != df["pred"]].sort_values("confidence", ascending=False).head(n)
+    if wrong.empty:
+        fig = Figure(figsize=(4, 1))
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+        return fig
+    root = locate_root(data_dir)
+    images = []
+    for path in wrong["path"]:
+        rgb = read_image(root / path)
+        images.append(apply_clahe(rgb, clahe) if clahe is not None else rgb)
+    titles = [f"true {t}\npred {p} {c:.0%}" for t, p, c in zip(wrong["label"], wrong["pred"], wrong["confidence"])]
+    return image_grid(images, titles, ncols=min(ncols, len(images)), size=1.6,
+                      suptitle=f"{len(wrong)} most confident mistakes", credit=PBC_CREDIT)
+
+
+def plot_speed_accuracy(results: Mapping[str, dict], paper: Mapping[str, float] | None = None) -> Figure:
+    """Test accuracy (with 95 % CI) against training images/s per run, with the paper's values as lines."""
+    fig = Figure(figsize=(6, 3.4), layout="tight")
+    ax = fig.subplots()
+    for run, m in results.items():
+        t, speed = m["test"], m["timing"]["train_img_per_s"]
+        lo, hi = t["accuracy_ci"]
+        ax.errorbar(speed, t["accuracy"], yerr=[[t["accuracy"] - lo], [hi - t["accuracy"]]], fmt="o", capsize=3,
+                    label=run)
+    for name, acc in (paper or {}).items():
+        ax.axhline(acc, ls="--", lw=1, color="0.5")
+        ax.text(ax.get_xlim()[0], acc, f" paper {name} {acc:.2%}", va="bottom", fontsize=7, color="0.4")
+    ax.set(xlabel="training images / s", ylabel="test accuracy", xscale="log")
+    ax.legend(fontsize=7)
+    return fig
