@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from contextlib import contextmanager
 
 #: Modules that contribute subcommands (each defines ``register(subparsers)``).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -18,6 +20,19 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bcc_utils.train_cli",  # train, evaluate, predict
     "bcc_utils.bench",  # bench pipeline (data-loading throughput)
 )
+
+
+@contextmanager
+def warnings_to_stderr():
+    """Print warnings raised inside the block as plain ``warning: …`` lines (deprecations dropped)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                if not issubclass(w.category, (DeprecationWarning, FutureWarning)):
+                    print(f"warning: {w.message}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,24 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
+from bcc_utils.cli import warnings_to_stderr
+
 PRESET_NAMES = ("paper", "cpu", "smoke")
-
-
-@contextmanager
-def _warnings_to_stderr():
-    """Print warnings as plain ``warning: …`` lines."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            for w in caught:
-                if not issubclass(w.category, (DeprecationWarning, FutureWarning)):
-                    print(f"warning: {w.message}", file=sys.stderr)
 
 
 def _summary(m: dict) -> str:
@@ -46,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_for(args.preset, **overrides)
     out = Path(args.out) if args.out else default_out_dir(cfg)
     print(f"training {cfg.model} ({cfg.preset} preset, {cfg.img_size} px, {cfg.epochs} epochs) -> {out}")
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         run = train(cfg, args.data_dir, out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     m = json.loads((run / "metrics.json").read_text())
     tm = m["timing"]
@@ -62,7 +49,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from bcc_utils.inference import evaluate_checkpoint
     from bcc_utils.metrics import write_json
 
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         r = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, device=args.device,
                                 progress=not args.quiet)
     print(f"{args.split} split, checkpoint epoch {r['best_epoch']}: {_summary(r)}")
@@ -79,7 +66,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Classify images (files and/or folders) with a trained checkpoint."""
     from bcc_utils.inference import predict_images
 
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         results = predict_images(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device)
     if args.json:
         print(json.dumps(results, indent=2))

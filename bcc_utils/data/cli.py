@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
-
-@contextmanager
-def _warnings_to_stderr():
-    """Print data warnings as plain ``warning: …`` lines instead of Python's warning format."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            for w in caught:
-                print(f"warning: {w.message}", file=sys.stderr)
+from bcc_utils.cli import warnings_to_stderr
 
 
 def _data_dir(value: str | None) -> Path:
@@ -32,7 +19,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Scan a dataset and print (and optionally save as JSON) its audit."""
     from bcc_utils.data import audit, format_audit
 
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         report = audit(_data_dir(args.data_dir))
     print(format_audit(report))
     if args.json:
@@ -47,7 +34,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     """Make the leak-free split, check it, save the manifest and print the counts."""
     from bcc_utils.data import check_no_leak, make_split, manifest_hash, save_manifest, scan, split_counts
 
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         result = scan(_data_dir(args.data_dir))
     df = make_split(result, seed=args.seed)
     check_no_leak(df, result)
@@ -68,7 +55,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     from bcc_utils.data import download
     from bcc_utils.paths import DATA_ENV
 
-    with _warnings_to_stderr():
+    with warnings_to_stderr():
         path = download(args.source, args.dest, url=args.url, size=args.size, retries=args.retries)
     print(f"{args.source} ready at {path}")
     if path.is_dir():
