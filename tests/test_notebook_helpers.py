@@ -124,6 +124,16 @@ def test_image_grid_layout(rgb):
     assert any(figures.PBC_CREDIT == t.get_text() for t in fig.texts)
 
 
+def test_image_grid_keeps_the_suptitle_clear_of_two_line_titles(rgb):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figures.image_grid([rgb] * 4, titles=["true a\npred b"] * 4, ncols=4, suptitle="most confident mistakes")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    sup = fig._suptitle.get_window_extent(renderer)
+    for ax in fig.axes:
+        assert ax.title.get_window_extent(renderer).y1 <= sup.y0 + 1, "image titles must not run into the suptitle"
+
+
 def test_count_bars_names_the_ratio():
     fig = figures.count_bars({"a": 10, "b": 40, "c": 0, "d": 20})
     title = fig.axes[0].get_title()
@@ -187,3 +197,159 @@ def test_colab_fetch_reports_a_failed_download(setup_colab, capsys):
     with pytest.raises(RuntimeError, match="python -m bcc_utils download no-such-source' failed"):
         setup_colab.fetch_data("no-such-source")
     assert "invalid choice" in capsys.readouterr().out  # the command's own message is relayed to the cell
+
+
+# ---------------------------------------------------------------- training helpers (notebooks 04-06, colab launcher)
+def _fake_metrics(run: str, model: str, preset: str, seed: int = 0, n: int = 200, **config) -> dict:
+    """A metrics.json dict built by the library's own report function from random predictions."""
+    from bcc_utils import CLASSES
+    from bcc_utils.config import config_for
+    from bcc_utils.metrics import classification_report_dict
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(CLASSES), n)
+    prob = rng.random((n, len(CLASSES)))
+    prob[np.arange(n), y] += rng.random(n) * 3  # mostly right
+    cfg = config_for(preset, model=model, **config)
+    return {"schema_version": 1, "run": run, "model": model, "preset": preset, "config": cfg.to_dict(),
+            "dataset": {"data_dir_name": "pbc-test", "manifest_hash": "0" * 64, "n_train": 10, "n_val": 5, "n_test": n},
+            "hardware": {"device": "cpu", "torch": torch.__version__, "cpu_count": 2, "cpu_model": "x"},
+            "timing": {"train_s": 12.0, "total_s": 20.0, "train_img_per_s": 100.0, "infer_img_per_s": 400.0},
+            "params": 4_000_000, "trainable_params": 4_000_000, "best_epoch": 1, "classes": list(CLASSES),
+            "test": classification_report_dict(y, prob, CLASSES, n_resamples=100)}
+
+
+def _write_run(folder: Path, metrics: dict) -> Path:
+    import json
+
+    run = folder / metrics["run"]
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_train_or_load_leaves_a_finished_run_alone(tmp_path, monkeypatch, capsys):
+    import bcc_utils.train
+    from bcc_utils.config import config_for
+
+    calls = []
+    monkeypatch.setattr(bcc_utils.train, "train", lambda *a, **k: calls.append((a, k)) or Path(a[2]))
+    run = _write_run(tmp_path, _fake_metrics("done", "efficientnet_b0", "smoke"))
+    cfg = config_for("smoke", model="efficientnet_b0")
+    assert notebook.train_or_load(cfg, "data", run) == run and not calls, "a finished run is not trained again"
+    assert "loaded, not trained again" in capsys.readouterr().out
+    assert notebook.train_or_load(config_for("smoke", model="efficientnet_b0", num_threads=1), "data", run) == run
+    assert not calls, "runtime fields (threads) do not make another config"
+    with pytest.raises(ValueError, match="finished run of another config.*lr"):
+        notebook.train_or_load(config_for("smoke", model="efficientnet_b0", lr=0.5), "data", run)
+    fresh = tmp_path / "fresh"
+    notebook.train_or_load(cfg, "data", fresh, cache_dir="c")
+    (args, kwargs), = calls
+    assert args[:3] == (cfg, "data", fresh) and kwargs["resume"] == "auto" and kwargs["cache_dir"] == "c"
+    assert "training into" in capsys.readouterr().out
+
+
+def test_speed_table_measures_every_spec():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # much faster on a busy shared machine
+    try:
+        table = notebook.speed_table([("tiny", "mobilenetv3_small_050", 32), ("tinier", "mobilenetv3_small_050", 16)],
+                                     batch_size=2, n_batches=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(table.index) == ["tiny", "tinier"]
+    assert list(table.columns) == ["model", "img_size", "params_M", "infer_img_per_s", "train_img_per_s"]
+    assert (table["infer_img_per_s"] > 0).all() and (table["train_img_per_s"] > 0).all()
+    assert table.loc["tiny", "params_M"] == table.loc["tinier", "params_M"] > 0.1
+
+
+# ---------------------------------------------------------------- bcc_utils.paper
+def test_paper_tables_are_checked_against_the_headline_numbers():
+    from bcc_utils import CLASSES
+    from bcc_utils.paper import PAPER_RESULTS, paper_as_metrics, paper_consistency, paper_table
+
+    for model in PAPER_RESULTS:
+        t = paper_table(model)
+        assert list(t.index) == list(CLASSES) and t["support"].sum() == 3424
+        assert paper_as_metrics(model)["test"]["per_class"]["ig"]["f1"] == t.loc["ig", "f1"]
+    c = paper_consistency()
+    b0, r50 = c.loc["EfficientNet-B0"], c.loc["ResNet50"]
+    assert abs(b0["implied accuracy %"] - b0["reported accuracy %"]) < 0.05  # Table 2: 3368 of 3424 right
+    assert r50["reported accuracy %"] - r50["implied accuracy %"] > 0.5  # Table 3 implies about 98.0 %
+    assert b0["basophil support"] == 244 and r50["basophil support"] == 410
+
+
+def test_find_pick_and_compare_runs(tmp_path):
+    from bcc_utils.paper import comparison_table, find_results, per_class_table, pick_runs, run_summary
+
+    runs, committed = tmp_path / "runs", tmp_path / "results"
+    _write_run(runs, _fake_metrics("b0-smoke", "efficientnet_b0", "smoke", seed=1))
+    _write_run(runs, _fake_metrics("lite0-cpu", "tf_efficientnet_lite0", "cpu", seed=2))
+    _write_run(committed, _fake_metrics("lite0-cpu", "tf_efficientnet_lite0", "cpu", seed=3))  # shadowed by runs/
+    _write_run(committed, _fake_metrics("b0-paper", "efficientnet_b0", "paper", seed=4))
+    _write_run(committed, _fake_metrics("other", "resnet18", "cpu", seed=5))
+
+    found, notes = find_results(runs, committed, tmp_path / "missing")
+    assert sorted(found) == ["b0-paper", "b0-smoke", "lite0-cpu", "other"]
+    assert found["lite0-cpu"]["test"] == _fake_metrics("lite0-cpu", "tf_efficientnet_lite0", "cpu", seed=2)["test"]
+    assert found["b0-paper"]["source"].endswith("results") and any("no such folder" in n for n in notes)
+    assert any("lite0-cpu left out" in n for n in notes)
+    no_smoke, notes = find_results(runs, committed, include_smoke=False)
+    assert "b0-smoke" not in no_smoke and any("b0-smoke left out: a smoke run" in n for n in notes)
+
+    assert pick_runs(found) == {"efficientnet_b0": "b0-paper", "resnet50": None}
+    assert pick_runs({k: v for k, v in found.items() if k != "b0-paper"})["efficientnet_b0"] == "lite0-cpu"
+    assert pick_runs({}) == {"efficientnet_b0": None, "resnet50": None}
+
+    table = comparison_table(found)
+    assert len(table) == 2 + 3, "two paper rows and the three runs standing for B0 (resnet18 stands for nothing)"
+    assert list(table["run"]) == ["—", "b0-paper", "b0-smoke", "lite0-cpu", "—"]
+    for _, row in table[table["run"] != "—"].iterrows():
+        m = found[row["run"]]["test"]
+        inside = m["accuracy_ci"][0] <= 0.9836 <= m["accuracy_ci"][1]
+        assert row["paper acc in CI"] == ("yes" if inside else "no")
+        assert row["test acc %"] == round(100 * m["accuracy"], 2)
+    assert len(comparison_table({})) == 2
+
+    text = run_summary(found["lite0-cpu"])
+    assert "lite0-cpu" in text and f"{found['lite0-cpu']['test']['accuracy']:.2%}" in text
+    pc = per_class_table(found["lite0-cpu"], "efficientnet_b0")
+    assert list(pc.columns) == ["precision", "recall", "f1", "support", "paper f1", "f1 − paper"]
+    assert pc["support"].sum() == 200 and pc.loc["ig", "paper f1"] == 0.96
+
+
+# ---------------------------------------------------------------- colab/train_on_colab.ipynb
+def _launcher_code() -> list[str]:
+    import json
+
+    nb = json.loads((REPO / "colab" / "train_on_colab.ipynb").read_text(encoding="utf-8"))
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def test_colab_launcher_only_calls_the_library():
+    import ast
+    import importlib
+
+    names = {}
+    for src in _launcher_code():
+        tree = ast.parse(src)  # every cell is valid Python
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("bcc_utils"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name), f"{node.module}.{alias.name} does not exist"
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                try:
+                    names[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass
+            assert not isinstance(node, (ast.FunctionDef, ast.ClassDef)), "the launcher defines nothing of its own"
+    from bcc_utils.config import PRESETS, config_for
+    from bcc_utils.paper import PAPER_RUNS
+
+    assert names["PRESET"] == "paper" and names["MODELS"] == list(PAPER_RUNS)
+    for model in names["MODELS"]:
+        assert set(PRESETS["paper"].differences(config_for(names["PRESET"], model=model))) <= {"model"}
+    code = "\n".join(_launcher_code())
+    assert "setup_colab.setup(use_drive=True)" in code, "checkpoints and results go to Drive"
+    assert "train_or_load(" in code and "run_series(" in code
