@@ -7,9 +7,26 @@ with the archive's quirks is what CI uses).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config):
+    """Settings for the notebooks that nbval executes in their own kernels (they inherit this environment).
+
+    ``BCC_DATA_DIR`` is made absolute (kernels run inside ``notebooks/``), smoke mode is on unless
+    ``BCC_SMOKE`` says otherwise, and training runs go to a temporary ``BCC_RUNS_DIR``, not into the
+    repository (likewise the preprocessing cache). Notebooks 04-06 share that folder: 06 reads what 04 and 05 wrote.
+    """
+    if os.environ.get("BCC_DATA_DIR"):
+        os.environ["BCC_DATA_DIR"] = str(Path(os.environ["BCC_DATA_DIR"]).expanduser().resolve())
+    os.environ.setdefault("BCC_SMOKE", "1")
+    if "BCC_RUNS_DIR" not in os.environ:
+        os.environ["BCC_RUNS_DIR"] = tempfile.mkdtemp(prefix="bcc-test-runs-")
+    if "BCC_CACHE_DIR" not in os.environ:
+        os.environ["BCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="bcc-test-cache-")
 
 
 @pytest.fixture(scope="session")
