@@ -64,7 +64,7 @@ def _check_rgb(rgb: np.ndarray) -> None:
 
 
 def apply_clahe(rgb: np.ndarray, settings: ClaheSettings | None = None) -> np.ndarray:
-    """Apply CLAHE with a fixed clip limit (deterministic, unlike ``A.CLAHE(clip_limit=2.0)``).
+    """Apply CLAHE with a fixed clip limit (deterministic, unlike ``albumentations.CLAHE(clip_limit=2.0)``).
 
     The default equalises only the lightness channel L of CIE LAB. Equalising
     R, G and B separately stretches each channel by a different curve, which

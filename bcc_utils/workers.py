@@ -22,7 +22,7 @@ import numpy as np
 def reseed_transform(transform: Any, seed: int | None) -> None:
     """Give every transform inside an albumentations pipeline its own independent generator.
 
-    ``A.Compose(seed=s)`` hands the *same* seed to every child transform, which
+    ``albumentations.Compose(seed=s)`` hands the *same* seed to every child transform, which
     makes their random draws identical (correlated). Here each child gets a
     separate stream spawned from one :class:`numpy.random.SeedSequence`.
 

@@ -51,3 +51,14 @@ def sample_root(data_dir: Path) -> Path:
     from bcc_utils.data import locate_root
 
     return locate_root(data_dir)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one torch thread: on a shared 2-core machine that is faster, not slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

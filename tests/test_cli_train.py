@@ -5,20 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from bcc_utils.cli import main
 from bcc_utils.paths import CLASSES
 
-pytestmark = pytest.mark.filterwarnings("ignore::bcc_utils.data.DataWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared: one thread is faster under contention
-    yield
-    torch.set_num_threads(n)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::bcc_utils.data.DataWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 @pytest.fixture(scope="module")

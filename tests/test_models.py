@@ -11,15 +11,9 @@ import torch
 from bcc_utils import models
 from bcc_utils.models import create_model, freeze_stages, input_stats, load_weights, model_info, set_train_mode
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = "mobilenetv3_small_050"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared: one thread is faster under contention
-    yield
-    torch.set_num_threads(n)
 
 
 def test_head_and_info():

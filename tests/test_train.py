@@ -17,17 +17,12 @@ from bcc_utils.inference import evaluate_checkpoint
 from bcc_utils.train import read_history, train
 
 matplotlib.use("Agg")
-pytestmark = pytest.mark.filterwarnings("ignore::bcc_utils.data.DataWarning")  # the sample's .DS_ file
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::bcc_utils.data.DataWarning"),  # the sample's .DS_ file
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 SMOKE = dict(epochs=2, num_threads=1, bootstrap_resamples=100)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared: one thread is faster under contention
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
