@@ -152,7 +152,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir=None, split: str
 
 
 def image_files(inputs, warn: bool = True) -> list[Path]:
-    """Expand files and folders (recursively, image suffixes only; hidden files skipped) into a list.
+    """Expand files and folders (recursively, image suffixes only) into a list.
+
+    Files with an image suffix are kept even when hidden (``.DS_169665.jpg``): reading them tells
+    whether they are images, and a non-image is then skipped with a warning that says what it is.
 
     A named file is always kept (it is checked when read); a missing path raises ``FileNotFoundError``.
     """
@@ -162,10 +165,10 @@ def image_files(inputs, warn: bool = True) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file())
             for f in found:
-                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
                     files.append(f)
                 elif warn:
-                    warnings.warn(f"skipping {f}: not an image file name", stacklevel=2)
+                    warnings.warn(f"skipping {f}: {f.suffix or 'no'} suffix is not an image type", stacklevel=2)
         elif p.is_file():
             files.append(p)
         else:
@@ -206,7 +209,7 @@ def predict_images(checkpoint: str | os.PathLike | tuple, inputs, top_k: int = 3
         except ValueError as exc:
             if f in named:
                 raise
-            warnings.warn(f"skipping {f}: {exc}", stacklevel=2)
+            warnings.warn(f"skipping {exc}", stacklevel=2)
             continue
         x = preprocess_image(rgb, cfg.img_size, clahe)[None]
         prob = predict_proba(model, x, mean=ckpt["norm"]["mean"], std=ckpt["norm"]["std"], device=dev,

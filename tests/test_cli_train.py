@@ -66,9 +66,11 @@ def test_predict_rejects_a_non_image_and_skips_it_in_folders(run_dir, sample_roo
     folder.mkdir()
     (folder / "bad.png").write_bytes(b"\x00" * 10)
     (folder / "good.jpg").write_bytes(sorted((sample_root / "basophil").glob("*.jpg"))[0].read_bytes())
+    (folder / ds_store.name).write_bytes(ds_store.read_bytes())  # hidden, but named like an image
     assert main(["predict", str(run_dir / "best.pt"), str(folder)]) == 0
     cap = capsys.readouterr()
     assert "good.jpg" in cap.out and "bad.png" not in cap.out and "warning: skipping" in cap.err
+    assert ".DS_Store" in cap.err and ".DS_169665.jpg" not in cap.out  # skipped, and said what it is
 
 
 def test_train_command_errors_are_clear(run_dir, data_dir, capsys):
