@@ -153,8 +153,10 @@ def plot_per_class_f1(results: Mapping[str, dict], title: str = "F1 per class (t
     ax.set_xticks(x, classes, rotation=30, ha="right")
     low = min(results[r]["test"]["per_class"][c]["f1"] for r in runs for c in classes)
     ax.set_ylim(max(0.0, min(0.9, low - 0.05)), 1.0)
-    ax.set(ylabel="F1", title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylabel("F1")
+    ax.set_title(title, pad=22)
+    # above the axes, so that no bar is hidden behind it
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(results), frameon=False)
     return fig
 
 
