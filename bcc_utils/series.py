@@ -105,7 +105,7 @@ def _data_or_download(data_dir) -> Path:
     except FileNotFoundError:
         from bcc_utils.data import download
 
-        print("No PBC dataset found locally: downloading the original archive (about 270 MB) once.", flush=True)
+        print("No PBC dataset found locally: downloading the original archive (about 300 MB) once.", flush=True)
         return download("pbc")
 
 
