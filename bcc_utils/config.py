@@ -202,22 +202,14 @@ def _coerce(name: str, value, hint):
             return value.strip().lower() in {"1", "true", "yes", "on"}
         if isinstance(value, bool):
             return value
-    elif hint is int:
+    elif hint in (int, float):
         if isinstance(value, str):
             try:
-                return int(value)
+                return hint(value)
             except ValueError:
                 pass
-        elif isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        elif isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool):
+            return hint(value)
     elif hint is str:
         if isinstance(value, str):
             return value

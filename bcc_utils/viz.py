@@ -20,12 +20,6 @@ from matplotlib.figure import Figure
 from bcc_utils.figures import PBC_CREDIT, image_grid
 
 
-def credit(fig: Figure, text: str = PBC_CREDIT) -> Figure:
-    """Write the dataset attribution in small grey letters at the bottom right of ``fig``."""
-    fig.text(0.995, 0.005, text, ha="right", va="bottom", fontsize=6, color="0.45")
-    return fig
-
-
 def _history(history) -> pd.DataFrame:
     if isinstance(history, (str, os.PathLike)):
         p = Path(history)
