@@ -19,6 +19,8 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
 
+from bcc_utils.preprocess import lightness  # re-exported: the histograms of notebook 02
+
 #: Attribution shown under figures of PBC images (CC BY 4.0 asks for it).
 PBC_CREDIT = "Images: PBC dataset, Acevedo et al. 2020, CC BY 4.0"
 
@@ -231,13 +233,6 @@ def grouped_bars(
         ax.legend(fontsize=8, frameon=False, ncols=min(4, len(series)), loc="upper center")
     fig.tight_layout()
     return fig
-
-
-def lightness(rgb: np.ndarray) -> np.ndarray:
-    """The L channel of CIE LAB (OpenCV's 8-bit scale, 0-255) of an RGB ``uint8`` image."""
-    import cv2
-
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)[..., 0]
 
 
 def before_after(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 import re
 import sys
 import warnings
@@ -43,7 +42,7 @@ def in_colab() -> bool:
 
 
 def seed_everything(seed: int = 42) -> int:
-    """Seed Python's, NumPy's and (if installed) torch's random number generators.
+    """Seed Python's, NumPy's and torch's random number generators (as the trainer does).
 
     Parameters
     ----------
@@ -55,19 +54,10 @@ def seed_everything(seed: int = 42) -> int:
     int
         The seed, so that a notebook can print or store it.
     """
-    random.seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)  # affects subprocesses (DataLoader workers), not this one
-    try:
-        import numpy as np
+    from bcc_utils.checkpoint import seed_everything as seed_all
 
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return seed
-    torch.manual_seed(seed)  # also seeds every CUDA device
+    os.environ["PYTHONHASHSEED"] = str(seed)  # affects subprocesses (DataLoader workers), not this one
+    seed_all(seed)
     return seed
 
 

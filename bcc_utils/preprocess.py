@@ -111,11 +111,15 @@ def clahe_variants(rgb: np.ndarray, clip_limit: float = 2.0, tile_grid_size: int
     return out
 
 
+def lightness(rgb: np.ndarray) -> np.ndarray:
+    """The L channel of CIE LAB (OpenCV's 8-bit scale, 0-255) of an RGB ``uint8`` image."""
+    _check_rgb(rgb)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)[..., 0]
+
+
 def lightness_histogram(rgb: np.ndarray) -> np.ndarray:
     """Histogram (256 bins, counts) of the L channel of LAB — the channel CLAHE equalises by default."""
-    _check_rgb(rgb)
-    lightness = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)[..., 0]
-    return np.bincount(lightness.ravel(), minlength=256)
+    return np.bincount(lightness(rgb).ravel(), minlength=256)
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
