@@ -47,6 +47,10 @@ PIPELINE_ORDER: tuple[str, ...] = (
 )
 #: Components that move pixels (merged into one warp by default).
 GEOMETRIC: tuple[str, ...] = ("flip", "rotate", "scale", "shift_scale_rotate")
+#: Components that change colour and contrast.
+PHOTOMETRIC: tuple[str, ...] = ("brightness_contrast", "hue_saturation")
+#: Components that imitate the optics and the sensor.
+NOISE_BLUR: tuple[str, ...] = ("motion_blur", "noise")
 #: Border handling for every geometric transform: mirror the image, never paint black corners.
 BORDER = cv2.BORDER_REFLECT_101
 _TAG = "bcc_component"
@@ -115,7 +119,7 @@ def build_component(name: str, params: AugmentParams | None = None, always: bool
     always
         Use probability 1 (for previews and widgets).
     """
-    _check_names([name])
+    check_component_names([name])
     p = params or AugmentParams()
     kw = {"p": 1.0 if always else getattr(p, f"{name}_p"), "strict": True}
     geo = {"border_mode": BORDER, "keep_ratio": True}
@@ -146,7 +150,8 @@ def build_component(name: str, params: AugmentParams | None = None, always: bool
     return made
 
 
-def _check_names(names: Iterable[str]) -> None:
+def check_component_names(names: Iterable[str]) -> None:
+    """Raise ``ValueError`` listing the valid names if any of ``names`` is not in :data:`COMPONENTS`."""
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         raise ValueError(f"Unknown augmentation component(s) {unknown}; valid names: {', '.join(COMPONENTS)}.")
@@ -182,7 +187,7 @@ def build_train_transform(
         Fields of :class:`AugmentParams`, e.g. ``rotate_limit=10, noise_p=0``.
     """
     disable = [disable] if isinstance(disable, str) else list(disable)
-    _check_names(disable)
+    check_component_names(disable)
     params = AugmentParams().with_overrides(**strength_overrides)
     steps: list[Any] = [A.Resize(size, size, interpolation=cv2.INTER_AREA, p=1.0, strict=True)]
     geometric: list[Any] = []
@@ -228,7 +233,7 @@ def component_names(transform: A.Compose) -> list[str]:
 
 def find_component(transform: A.Compose, name: str) -> list[Any]:
     """The albumentations transform(s) of component ``name`` inside a pipeline (empty if disabled)."""
-    _check_names([name])
+    check_component_names([name])
     return [t for t in iter_transforms(transform) if getattr(t, _TAG, None) == name]
 
 
@@ -248,7 +253,7 @@ def augment_once(
 ) -> np.ndarray:
     """Apply the enabled components to one image (for toggle/slider widgets); ``always`` forces p=1."""
     enabled = [enabled] if isinstance(enabled, str) else list(enabled)
-    _check_names(enabled)
+    check_component_names(enabled)
     disable = [n for n in COMPONENTS if n not in enabled]
     size = image.shape[0] if image.shape[0] == image.shape[1] else max(image.shape[:2])
     t = build_train_transform(size, disable, seed=seed, always=always, **overrides)

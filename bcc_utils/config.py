@@ -47,6 +47,9 @@ class TrainConfig:
         ``"paper"``: full albumentations pipeline per image in DataLoader workers;
         ``"dihedral"``: random horizontal/vertical flips and transpose of the whole uint8 batch in
         the main process (fast on a CPU); ``"none"``.
+    augment_disable : str
+        Comma-separated components of the ``"paper"`` pipeline to leave out, e.g. ``"cutout"`` or
+        ``"noise,motion_blur"`` (names: :data:`bcc_utils.augment.COMPONENTS`); for ablations.
     mixup_p, mixup_alpha : float
         Probability of mixing a batch, and the Beta(alpha, alpha) parameter (0 disables mixup).
     balance : str
@@ -110,6 +113,7 @@ class TrainConfig:
     clahe_tile_grid_size: int = 8
     clahe_space: str = "lab"
     augment: str = "paper"
+    augment_disable: str = ""
     mixup_p: float = 0.5
     mixup_alpha: float = 0.4
     balance: str = "both"
@@ -152,8 +156,19 @@ class TrainConfig:
             raise ValueError("mixup_p must be in [0, 1], label_smoothing in [0, 1), onecycle_pct_start in (0, 1)")
         if self.lr <= 0 or self.weight_decay < 0 or self.freeze_blocks < 0:
             raise ValueError("lr must be > 0, weight_decay >= 0, freeze_blocks >= 0")
+        if self.augment_disable:
+            from bcc_utils.augment import check_component_names
+
+            check_component_names(self.disabled_components)
+            if self.augment != "paper":
+                raise ValueError(f"augment_disable only applies to augment='paper', not {self.augment!r}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ValueError(f"split_fractions must be three numbers summing to 1, got {self.split_fractions}")
+
+    @property
+    def disabled_components(self) -> list[str]:
+        """:attr:`augment_disable` as a list of component names."""
+        return [n.strip() for n in self.augment_disable.split(",") if n.strip()]
 
     def to_dict(self) -> dict:
         """Plain dict (JSON- and ``weights_only``-safe; the tuple becomes a list)."""

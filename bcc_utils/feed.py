@@ -51,7 +51,7 @@ def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: 
     from bcc_utils.cache import CachedDataset
     from bcc_utils.workers import make_loader, reseed_transform
 
-    ds = CachedDataset(data.images, data.manifest, "train", transform=build_train_transform(cfg.img_size))
+    ds = CachedDataset(data.images, data.manifest, "train", transform=build_train_transform(cfg.img_size, cfg.disabled_components))
     workers = min(os.cpu_count() or 1, 8) if cfg.num_workers < 0 else cfg.num_workers
     if workers == 0:
         reseed_transform(ds.transform, epoch_seed)

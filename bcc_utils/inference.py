@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +43,10 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 @torch.no_grad()
-def predict_proba(model: torch.nn.Module, images, rows=None, *, mean, std, device="cpu", batch_size: int = 128,
-                  tta: str = "none", channels_last: bool = True, amp: torch.dtype | None = None,
-                  limit_batches: int = 0, progress: bool = False, desc: str = "predict") -> np.ndarray:
-    """Softmax probabilities (mean over TTA views) of uint8 N×S×S×3 images.
+def predict_logits(model: torch.nn.Module, images, rows=None, *, mean, std, device="cpu", batch_size: int = 128,
+                   tta: str = "none", channels_last: bool = True, amp: torch.dtype | None = None,
+                   limit_batches: int = 0, progress: bool = False, desc: str = "predict") -> np.ndarray:
+    """Logits of uint8 N×S×S×3 images, one slice per TTA view: shape ``(views, N, classes)``.
 
     Parameters
     ----------
@@ -58,7 +59,7 @@ def predict_proba(model: torch.nn.Module, images, rows=None, *, mean, std, devic
     mean, std
         Normalisation (see :func:`bcc_utils.models.input_stats`).
     tta
-        ``"none"`` or ``"dihedral"`` (see :func:`bcc_utils.batches.tta_views`).
+        ``"none"`` (one view) or ``"dihedral"`` (four; see :func:`bcc_utils.batches.tta_views`).
     limit_batches
         Stop after this many batches (0 = all).
     """
@@ -73,13 +74,26 @@ def predict_proba(model: torch.nn.Module, images, rows=None, *, mean, std, devic
         batch = images[rows[a:a + batch_size]]
         x = to_input(nhwc_to_nchw(np.asarray(batch) if not torch.is_tensor(batch) else batch),
                      mean, std, device, channels_last)
-        views = tta_views(x, tta)
-        prob = 0
-        for view in views:
+        views = []
+        for view in tta_views(x, tta):
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                prob = prob + model(view).float().softmax(1)
-        out.append((prob / len(views)).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+                views.append(model(view).float().cpu())
+        out.append(torch.stack(views))
+    return torch.cat(out, 1).numpy() if out else np.zeros((1 + 3 * (tta == "dihedral"), 0, 0), dtype=np.float32)
+
+
+def views_to_proba(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Mean softmax over the TTA views of :func:`predict_logits` output, logits divided by ``temperature``."""
+    z = torch.as_tensor(logits, dtype=torch.float32) / float(temperature)
+    return z.softmax(-1).mean(0).numpy()
+
+
+def predict_proba(model: torch.nn.Module, images, rows=None, *, temperature: float = 1.0, **kwargs) -> np.ndarray:
+    """Softmax probabilities (mean over TTA views) of uint8 N×S×S×3 images.
+
+    Same arguments as :func:`predict_logits`; ``temperature`` divides the logits first (1 = none).
+    """
+    return views_to_proba(predict_logits(model, images, rows, **kwargs), temperature)
 
 
 def clahe_settings(cfg: TrainConfig):
@@ -176,33 +190,19 @@ def image_files(inputs, warn: bool = True) -> list[Path]:
     return files
 
 
-def predict_images(checkpoint: str | os.PathLike | tuple, inputs, top_k: int = 3, device: str = "cpu") -> list[dict]:
-    """Classify image files with a trained checkpoint.
+def iter_images(inputs, limit: int | None = None) -> Iterator[tuple[Path, np.ndarray]]:
+    """``(file, RGB uint8)`` of image files and folders (see :func:`bcc_utils.inference.image_files`).
 
-    Parameters
-    ----------
-    checkpoint
-        Path of ``best.pt``/``last.pt`` (or a ``(model, ckpt)`` pair from :func:`load_model`).
-    inputs
-        Image files and/or folders (see :func:`image_files`). A named file that cannot be decoded
-        raises :class:`bcc_utils.data.ImageReadError` naming it; such files inside a folder are
-        skipped with a warning.
-
-    Returns
-    -------
-    list of dict
-        ``{"file", "class", "confidence", "top": [{"class", "prob"}, ...]}`` per image.
+    A named file that cannot be decoded raises :class:`bcc_utils.data.ImageReadError`; inside a
+    folder it is skipped with a warning. ``limit`` keeps at most that many files, spread evenly
+    over the sorted list (so over the class folders of a dataset).
     """
     from bcc_utils.data import read_image
-    from bcc_utils.preprocess import preprocess_image
 
     named = {Path(i).expanduser() for i in inputs if Path(i).expanduser().is_file()}
     files = image_files(inputs)
-    dev = resolve_device(device)
-    model, ckpt = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint, dev)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    classes, clahe = list(ckpt["classes"]), clahe_settings(cfg)
-    results = []
+    if limit and len(files) > limit:
+        files = files[:: len(files) // limit][:limit]
     for f in files:
         try:
             rgb = read_image(f)
@@ -211,9 +211,45 @@ def predict_images(checkpoint: str | os.PathLike | tuple, inputs, top_k: int = 3
                 raise
             warnings.warn(f"skipping {exc}", stacklevel=2)
             continue
+        yield f, rgb
+
+
+def predict_images(checkpoint: str | os.PathLike | tuple, inputs, top_k: int = 3, device: str = "cpu",
+                   temperature: float | None = None) -> list[dict]:
+    """Classify image files with a trained checkpoint.
+
+    Parameters
+    ----------
+    checkpoint
+        Path of ``best.pt``/``last.pt`` (or a ``(model, ckpt)`` pair from :func:`load_model`).
+    temperature
+        Divides the logits before the softmax. ``None``: the run's fitted temperature
+        (``calibration.json`` beside the checkpoint, see :mod:`bcc_utils.calibration`), else 1.
+    inputs
+        Image files and/or folders (see :func:`image_files`). A named file that cannot be decoded
+        raises :class:`bcc_utils.data.ImageReadError` naming it; such files inside a folder are
+        skipped with a warning.
+
+    Returns
+    -------
+    list of dict
+        ``{"file", "class", "confidence", "top": [{"class", "prob"}, ...]}`` per image (probabilities
+        temperature-scaled).
+    """
+    from bcc_utils.calibration import load_temperature
+    from bcc_utils.preprocess import preprocess_image
+
+    if temperature is None:
+        temperature = 1.0 if isinstance(checkpoint, tuple) else load_temperature(checkpoint)
+    dev = resolve_device(device)
+    model, ckpt = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint, dev)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    classes, clahe = list(ckpt["classes"]), clahe_settings(cfg)
+    results = []
+    for f, rgb in iter_images(inputs):
         x = preprocess_image(rgb, cfg.img_size, clahe)[None]
         prob = predict_proba(model, x, mean=ckpt["norm"]["mean"], std=ckpt["norm"]["std"], device=dev,
-                             tta=cfg.tta, channels_last=cfg.channels_last)[0]
+                             tta=cfg.tta, channels_last=cfg.channels_last, temperature=temperature)[0]
         order = np.argsort(-prob)[:top_k]
         results.append({"file": str(f), "class": classes[order[0]], "confidence": float(prob[order[0]]),
                         "top": [{"class": classes[i], "prob": float(prob[i])} for i in order]})

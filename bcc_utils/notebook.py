@@ -294,3 +294,24 @@ def speed_table(specs, batch_size: int = 4, n_batches: int = 2, device="cpu", wa
                      "train_img_per_s": measure_speed(model, size, train=True, **kw)})
     table = pd.DataFrame(rows).set_index("label")
     return table.round({"params_M": 2, "infer_img_per_s": 1, "train_img_per_s": 1})
+
+
+def main_run(preset: str | None = None):
+    """The run that notebook 04 trains for ``preset``, as ``(config, run name)``; notebooks 07 and 08 reuse it.
+
+    ``paper``: EfficientNet-B0 at 300 px (``efficientnet_b0-paper``); ``cpu``: EfficientNet-Lite0 at
+    96 px (``lite0-cpu``); ``smoke``: EfficientNet-B0, smoke preset, one thread (``efficientnet_b0-smoke``).
+    ``None``: :func:`bcc_utils.config.auto_preset`. With the same config :func:`train_or_load` finds
+    that run finished and loads it instead of training again.
+    """
+    from bcc_utils.config import auto_preset, config_for
+    from bcc_utils.paper import PAPER_RUNS
+
+    preset = preset or auto_preset()
+    if preset == "paper":
+        return config_for("paper", model="efficientnet_b0"), PAPER_RUNS["efficientnet_b0"]
+    if preset == "cpu":
+        return config_for("cpu", model="tf_efficientnet_lite0"), "lite0-cpu"
+    if preset == "smoke":
+        return config_for("smoke", model="efficientnet_b0", num_threads=1), "efficientnet_b0-smoke"
+    raise ValueError(f"Unknown preset {preset!r}; choose paper, cpu or smoke")

@@ -1,4 +1,4 @@
-"""Commands ``train``, ``evaluate`` and ``predict`` of ``python -m bcc_utils``."""
+"""Commands ``train``, ``evaluate``, ``predict``, ``calibrate`` and ``ablate`` of ``python -m bcc_utils``."""
 
 from __future__ import annotations
 
@@ -63,11 +63,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Classify images (files and/or folders) with a trained checkpoint."""
+    """Classify images (files and/or folders) with a trained checkpoint or an exported ``.onnx`` model."""
     from bcc_utils.inference import predict_images
 
     with warnings_to_stderr():
-        results = predict_images(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device)
+        if Path(args.checkpoint).suffix.lower() == ".onnx":  # exported model + sidecar, run by onnxruntime
+            from bcc_utils.onnx_predict import OnnxClassifier
+
+            results = OnnxClassifier(args.checkpoint).predict(args.inputs, top_k=args.top_k)
+        else:
+            results = predict_images(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -80,8 +85,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit the temperature on the validation split; write calibration.json beside the checkpoint."""
+    from bcc_utils.calibration import CALIBRATION_FILE, calibrate_run
+
+    with warnings_to_stderr():
+        r = calibrate_run(args.checkpoint, args.data_dir, n_bins=args.bins, device=args.device,
+                          progress=not args.quiet)
+    print(f"temperature {r['temperature']:.4f} (fitted on the validation split, TTA {r['tta']})")
+    for split in ("val", "test"):
+        b, a = r[split]["before"], r[split]["after"]
+        print(f"{split:>4} (n={r[split]['n']}): accuracy {b['accuracy']:.2%} -> {a['accuracy']:.2%}, "
+              f"ECE {b['ece']:.2%} -> {a['ece']:.2%}, NLL {b['nll']:.4f} -> {a['nll']:.4f}")
+    print(f"written to {Path(args.checkpoint).parent / CALIBRATION_FILE}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """Train the leave-one-component-out grid and print its summary table."""
+    from bcc_utils.ablation import load_ablation, run_ablation, summarize
+    from bcc_utils.config import parse_overrides
+
+    command = "python -m bcc_utils ablate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["ablate"] else None
+    with warnings_to_stderr():
+        results = run_ablation(args.data_dir, args.results, args.runs, base=args.base, variants=args.variants,
+                               seeds=args.seeds, overrides=parse_overrides(args.set), progress=not args.quiet,
+                               command=command)
+    runs, grid = load_ablation(results)
+    table = summarize(runs)
+    cols = ["n_seeds", "mean", "min", "max", "diff", "diff_lo", "diff_hi"]
+    print(table[cols].to_string(float_format=lambda x: f"{x:.4f}"))
+    print(f"results in {results} ({sum(i['runs_trained'] for i in grid['invocations'])} runs trained over "
+          f"{len(grid['invocations'])} invocation(s))")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``evaluate`` and ``predict`` to the command-line parser."""
+    """Add ``train``, ``evaluate``, ``predict``, ``calibrate`` and ``ablate`` to the command-line parser."""
     p = sub.add_parser("train", help="train a model (presets paper/cpu/smoke), then evaluate it on the test split",
                        description="Train with a preset; every config field can be overridden with --set key=value "
                                    "(see bcc_utils.config.TrainConfig).")
@@ -109,10 +149,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify image files or folders with a trained checkpoint")
-    p.add_argument("checkpoint", help="best.pt or last.pt of a run")
+    p = sub.add_parser("predict", help="classify image files or folders with a trained checkpoint or a model.onnx")
+    p.add_argument("checkpoint", help="best.pt or last.pt of a run, or a model.onnx written by 'export'")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate", help="fit temperature scaling on the validation split of a run",
+                       description="Fit one temperature on the validation split (NLL), report ECE and NLL before "
+                                   "and after on val and test, and write calibration.json beside the checkpoint "
+                                   "(predict and export then use it).")
+    p.add_argument("checkpoint", help="best.pt of a run")
+    p.add_argument("--data-dir", help="dataset folder (default: $BCC_DATA_DIR)")
+    p.add_argument("--bins", type=int, default=15, help="confidence bins of the ECE (default: %(default)s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("ablate", help="train the leave-one-component-out ablation grid (resumable)",
+                       description="Train the full pipeline and one variant per removed component (CLAHE, "
+                                   "augmentation groups, mixup, balancing modes), each with every seed, and "
+                                   "write one JSON per run. Finished runs are skipped, so an interrupted grid "
+                                   "continues where it stopped.")
+    p.add_argument("--base", choices=("cpu", "paper", "smoke"), default="cpu",
+                   help="budget of every run: cpu (classroom CPU, minutes per run), paper (GPU), smoke (CI)")
+    p.add_argument("--data-dir", help="dataset folder (default: $BCC_DATA_DIR)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
+    p.add_argument("--variants", nargs="+", help="subset of variants (default: all; see bcc_utils.ablation.VARIANTS)")
+    p.add_argument("--results", default="results/ablation", help="folder for the per-run JSON (default: %(default)s)")
+    p.add_argument("--runs", default="runs/ablation", help="folder for the training runs (default: %(default)s)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="change a config field for every run, e.g. --set epochs=5 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_ablate)

@@ -1,4 +1,4 @@
-"""Figures of training runs: curves, confusion matrices, per-class F1, misclassified cells.
+"""Figures of training runs: curves, confusion matrices, per-class F1, misclassified cells, calibration, ablation.
 
 Every function returns a :class:`matplotlib.figure.Figure` made without pyplot (nothing is shown
 twice, nothing stays open); a notebook cell shows it by ending with it.
@@ -206,4 +206,87 @@ def plot_speed_accuracy(results: Mapping[str, dict], paper: Mapping[str, float] 
         ax.text(ax.get_xlim()[0], acc, f" paper {name} {acc:.2%}", va="bottom", fontsize=7, color="0.4")
     ax.set(xlabel="training images / s", ylabel="test accuracy", xscale="log")
     ax.legend(fontsize=7)
+    return fig
+
+
+def plot_reliability(predictions: Mapping[str, tuple], n_bins: int = 15, title: str | None = None) -> Figure:
+    """Reliability diagram: accuracy against confidence per bin, one line per ``{label: (prob, y)}``.
+
+    The diagonal is perfect calibration; below it the model is over-confident. Each label shows its
+    ECE (:func:`bcc_utils.calibration.ece`). A second panel shows how many predictions fall in each bin.
+    """
+    from bcc_utils.calibration import ece, reliability_table
+
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    ax, ax_n = fig.subplots(1, 2, width_ratios=[1.3, 1])
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
+    lo = 1.0
+    for i, (label, (prob, y)) in enumerate(predictions.items()):
+        t = reliability_table(prob, y, n_bins)
+        t = t[t["count"] > 0]
+        lo = min(lo, float(t["lo"].min()))
+        ax.plot(t["confidence"], t["accuracy"], "o-", ms=4, label=f"{label}: ECE {ece(prob, y, n_bins):.2%}")
+        ax_n.bar(t["lo"] + (i + 0.5) * (1 / n_bins) / (len(predictions) + 0.5), t["count"],
+                 width=(1 / n_bins) / (len(predictions) + 0.5), label=label)
+    ax.set(xlabel="confidence (mean in bin)", ylabel="accuracy in bin", xlim=(lo, 1.005), ylim=(lo, 1.005),
+           title=title or f"Reliability diagram ({n_bins} equal-width bins)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax_n.set(yscale="log", xlabel="confidence bin", ylabel="predictions", xlim=(lo, 1.0),
+             title="how many predictions per bin")
+    return fig
+
+
+def plot_selective(predictions: Mapping[str, tuple], target: float = 0.995, threshold: float | None = None) -> Figure:
+    """Accuracy on the kept predictions against coverage, one line per ``{label: (prob, y)}``.
+
+    The dotted line is ``target``. The marker on each line is where ``threshold`` (a confidence
+    threshold chosen beforehand, e.g. on the validation split) lands; without one, each line's own
+    best threshold for ``target`` (:func:`bcc_utils.calibration.threshold_for_accuracy`).
+    """
+    from bcc_utils.calibration import at_threshold, selective_curve, threshold_for_accuracy
+
+    fig = Figure(figsize=(6.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, (prob, y)) in enumerate(predictions.items()):
+        c = selective_curve(prob, y)
+        line, = ax.plot(c["coverage"], c["accuracy"], label=label)
+        point = at_threshold(prob, y, threshold) if threshold is not None else threshold_for_accuracy(prob, y, target)
+        if point["threshold"] is not None and point["kept"]:
+            ax.plot(point["coverage"], point["accuracy"], "o", color=line.get_color())
+            ax.annotate(f"{label}: conf ≥ {point['threshold']:.3f}\n{point['coverage']:.1%} kept, "
+                        f"{point['accuracy']:.2%} right, {point['referred']} referred",
+                        (point["coverage"], point["accuracy"]), xytext=(-210, -28 - 34 * i),
+                        textcoords="offset points", fontsize=7, color=line.get_color(),
+                        arrowprops={"arrowstyle": "-", "color": "0.6"})
+    ax.axhline(target, ls=":", color="0.3", lw=1)
+    ax.set(xlabel="coverage (share of cells the model decides)", ylabel="accuracy on the decided cells",
+           title="Refer when unsure: accuracy against coverage", xlim=(0.5, 1.0))
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_ablation(summary: pd.DataFrame, title: str | None = None) -> Figure:
+    """Difference to the full pipeline per variant with its two 95 % intervals (see :func:`bcc_utils.ablation.summarize`).
+
+    Thin line: the test-image interval; thick line: test images and seeds. Grey: the thick interval
+    contains 0 (no measurable effect at this budget); red: removing the component measurably hurts;
+    green: removing it measurably helps.
+    """
+    s = summary.drop(index="full", errors="ignore").iloc[::-1]
+    fig = Figure(figsize=(7.5, 0.42 * len(s) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(s))
+    for yi, (_, r) in zip(y, s.iterrows()):
+        c = "tab:red" if r["significant"] and r["diff"] < 0 else "tab:green" if r["significant"] else "tab:gray"
+        ax.plot([100 * r["diff_lo"], 100 * r["diff_hi"]], [yi, yi], color=c, lw=5, alpha=0.35, solid_capstyle="butt")
+        ax.plot([100 * r["test_lo"], 100 * r["test_hi"]], [yi, yi], color=c, lw=1.5)
+        ax.plot(100 * r["diff"], yi, "o", color=c)
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(y, [f"{v.replace('_', ' ')} (n={n})" for v, n in zip(s.index, s["n_seeds"])])
+    ax.set_xlabel("test accuracy minus full pipeline, percentage points\n"
+                  "thin: 95 % interval over test images; thick: over test images and seeds")
+    ax.set_title(title or "What removing each component does")
+    ax.grid(axis="x", alpha=0.3)
     return fig

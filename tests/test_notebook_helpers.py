@@ -353,3 +353,25 @@ def test_colab_launcher_only_calls_the_library():
     code = "\n".join(_launcher_code())
     assert "setup_colab.setup(use_drive=True)" in code, "checkpoints and results go to Drive"
     assert "train_or_load(" in code and "run_series(" in code
+
+
+@pytest.mark.parametrize("preset", ["paper", "cpu", "smoke"])
+def test_main_run_is_the_run_notebook_04_trains(preset):
+    """Notebooks 07 and 08 reuse notebook 04's run: same config and name, read from 04's parameters cell."""
+    import json
+    import os
+    import types
+    from pathlib import Path
+
+    from bcc_utils.config import config_for
+    from bcc_utils.notebook import main_run
+    from bcc_utils.paper import PAPER_RUNS
+
+    nb = json.loads((Path(__file__).parent.parent / "notebooks" / "04_train_efficientnet_b0.ipynb").read_text())
+    (cell,) = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    ns = {"os": os, "auto_preset": lambda: preset, "PAPER_RUNS": PAPER_RUNS,
+          "bcc_utils": types.SimpleNamespace(smoke_mode=lambda: preset == "smoke")}
+    exec("".join(cell["source"]), ns)
+    cfg, name = main_run(preset)
+    assert name == ns["RUN_NAME"]
+    assert cfg == config_for(ns["PRESET"], model=ns["MODEL"], **ns["OVERRIDES"])

@@ -1,0 +1,261 @@
+"""Leave-one-component-out ablation: does each part of the paper's pipeline measurably help?
+
+The paper says its preprocessing and augmentation "played a crucial role" but never measures it.
+:func:`run_ablation` trains the full pipeline and one variant per removed component, every one with
+the same budget and several seeds, and writes one small JSON per run; :func:`summarize` turns them
+into mean ± spread per variant and the difference to the full pipeline with bootstrap confidence
+intervals over the test images and the seeds (drawn by :func:`bcc_utils.viz.plot_ablation`).
+
+The variants (:data:`VARIANTS`) are config overrides of one base config (:func:`base_config`), so
+"remove cutout" is exactly ``augment_disable="cutout"`` and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from bcc_utils.augment import GEOMETRIC, NOISE_BLUR, PHOTOMETRIC
+from bcc_utils.config import TrainConfig, config_for
+from bcc_utils.data import DataWarning
+
+#: Variant name -> (what it removes, config overrides relative to the full pipeline).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "full": ("nothing: CLAHE, all nine augmentations, mixup, sampler + weighted loss", {}),
+    "no_clahe": ("CLAHE", {"clahe": False}),
+    "no_geometric": ("flips, rotation, scaling, shift-scale-rotate", {"augment_disable": ",".join(GEOMETRIC)}),
+    "no_photometric": ("brightness/contrast, hue/saturation/value", {"augment_disable": ",".join(PHOTOMETRIC)}),
+    "no_noise_blur": ("Gaussian noise and motion blur", {"augment_disable": ",".join(NOISE_BLUR)}),
+    "no_cutout": ("cutout", {"augment_disable": "cutout"}),
+    "no_mixup": ("mixup", {"mixup_p": 0.0}),
+    "balance_none": ("both balancing corrections (plain sampling, plain loss)", {"balance": "none"}),
+    "balance_sampler": ("the weighted loss (keeps the balanced sampler)", {"balance": "sampler"}),
+    "balance_loss": ("the balanced sampler (keeps the weighted loss)", {"balance": "loss"}),
+}
+
+#: The full pipeline on each kind of hardware; variants only switch components off.
+BASES: dict[str, dict] = {
+    # The classroom CPU budget: offline ImageNet Lite0 at 96 px with the first 4 of 7 stages frozen, one epoch
+    # (one-cycle schedule), one thread and no worker processes (so two seeds can run side by side on 2 cores),
+    # no TTA (the model alone is measured). About 5 CPU-minutes per run.
+    "cpu": dict(preset="cpu", augment="paper", mixup_p=0.5, balance="both", label_smoothing=0.0, tta="none",
+                freeze_blocks=4, epochs=1, num_workers=0, num_threads=1, bootstrap_resamples=200),
+    # The paper's own recipe on a GPU (10 epochs at 300 px per run: hours for the whole grid).
+    "paper": dict(preset="paper", tta="none", bootstrap_resamples=200),
+    # Seconds per run, for CI: the whole grid, tiny inputs, a few batches.
+    "smoke": dict(preset="smoke", augment="paper", mixup_p=0.5, balance="both", tta="none", tta_val=False,
+                  num_workers=0, num_threads=1, limit_train_batches=3, limit_eval_batches=2,
+                  bootstrap_resamples=50),
+}
+
+
+def base_config(base: str = "cpu", **overrides) -> TrainConfig:
+    """The full pipeline of ablation base ``"cpu"``, ``"paper"`` or ``"smoke"``, with fields overridden."""
+    if base not in BASES:
+        raise ValueError(f"Unknown ablation base {base!r}; choose one of {', '.join(BASES)}")
+    values = dict(BASES[base])
+    preset = values.pop("preset")
+    return config_for(preset, **{**values, **overrides})
+
+
+def variant_config(name: str, base: TrainConfig, seed: int) -> TrainConfig:
+    """The config of variant ``name`` (see :data:`VARIANTS`) with training seed ``seed``."""
+    if name not in VARIANTS:
+        raise ValueError(f"Unknown ablation variant {name!r}; choose from {', '.join(VARIANTS)}")
+    return dataclasses.replace(base, **VARIANTS[name][1], seed=seed)
+
+
+def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/ablation", *, base: str = "cpu",
+                 variants=None, seeds=(0, 1), overrides: dict | None = None, progress: bool = True,
+                 command: str | None = None, cache_dir=None, log=print) -> Path:
+    """Train every (variant, seed) pair that has no result yet and write its JSON to ``results_dir``.
+
+    Parameters
+    ----------
+    data_dir
+        Dataset folder (default ``$BCC_DATA_DIR``).
+    results_dir
+        Where ``<variant>-s<seed>.json`` and the grid's ``ablation.json`` go (small; commit them).
+        ``ablation.json`` records every invocation: command, seeds, wall time, hardware.
+    runs_dir
+        Where the training runs (checkpoints) go.
+    base
+        Key of :data:`BASES`.
+    variants, seeds
+        Which variants (default: all of :data:`VARIANTS`) and training seeds. The split is the same
+        for every run (``split_seed``), so runs with the same seed differ only in the component.
+    overrides
+        Config fields changed for *all* runs (e.g. ``{"epochs": 5}``); recorded in ``ablation.json``.
+    command
+        The command line to record (default: a reconstruction from the arguments).
+
+    Returns
+    -------
+    Path
+        ``results_dir``. Re-running continues an interrupted grid: finished runs are skipped.
+    """
+    from bcc_utils.metrics import hardware_info, write_json
+    from bcc_utils.notebook import train_or_load
+
+    variants = list(VARIANTS) if variants is None else list(variants)
+    for v in variants:
+        variant_config(v, TrainConfig(), 0)  # unknown names fail before any training
+    seeds = [int(s) for s in seeds]
+    base_cfg = base_config(base, **(overrides or {}))
+    results, runs = Path(results_dir), Path(runs_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    grid_file = results / "ablation.json"
+    if grid_file.exists() and json.loads(grid_file.read_text())["base_config"] != base_cfg.to_dict():
+        raise ValueError(f"{grid_file} holds a grid with a different base config; use another results_dir")
+    import torch
+
+    device = torch.device("cuda" if base_cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if base_cfg.device == "auto" else base_cfg.device)
+    todo = [(s, v) for s in seeds for v in variants if not (results / f"{v}-s{s}.json").exists()]
+    log(f"ablation: {len(variants) * len(seeds) - len(todo)} of {len(variants) * len(seeds)} runs done; "
+        f"{len(todo)} to train")
+    t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", DataWarning)  # every run scans the same data: say each problem once
+        for i, (seed, v) in enumerate(todo, 1):
+            cfg = variant_config(v, base_cfg, seed)
+            run_dir = train_or_load(cfg, data_dir, runs / f"{v}-s{seed}", progress=progress, cache_dir=cache_dir)
+            record = run_record(run_dir, v, seed)
+            write_json(record, results / f"{v}-s{seed}.json")
+            log(f"[{i}/{len(todo)}] {v} seed {seed}: test accuracy {record['accuracy']:.4f} "
+                f"({record['total_s']:.0f} s)")
+    # re-read just before writing: another process may have run other seeds into the same folder meanwhile
+    grid = json.loads(grid_file.read_text()) if grid_file.exists() else {"invocations": []}
+    grid.update({
+        "schema_version": 1, "base": base, "base_config": base_cfg.to_dict(),
+        "variants": {v: {"removes": VARIANTS[v][0], "overrides": VARIANTS[v][1]} for v in VARIANTS},
+    })
+    grid["invocations"].append({
+        "command": command or _command(base, variants, seeds, overrides), "seeds": seeds, "variants": variants,
+        "runs_trained": len(todo), "started": started, "wall_s": round(time.perf_counter() - t0, 1),
+        "hardware": hardware_info(device)})
+    write_json(grid, grid_file)
+    return results
+
+
+def _command(base, variants, seeds, overrides) -> str:
+    parts = ["python -m bcc_utils ablate", f"--base {base}", "--seeds " + " ".join(map(str, seeds))]
+    if list(variants) != list(VARIANTS):
+        parts.append("--variants " + " ".join(variants))
+    parts += [f"--set {k}={v}" for k, v in (overrides or {}).items()]
+    return " ".join(parts)
+
+
+def run_record(run_dir: str | os.PathLike, variant: str, seed: int) -> dict:
+    """The small JSON kept for one ablation run: metrics, timing and the test predictions (class indices)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    pred = pd.read_csv(run_dir / "predictions.csv")
+    classes = m["classes"]
+    return {
+        "schema_version": 1, "variant": variant, "seed": seed, "removes": VARIANTS[variant][0],
+        "config": m["config"], "accuracy": m["test"]["accuracy"], "macro_f1": m["test"]["macro_f1"],
+        "accuracy_ci": m["test"]["accuracy_ci"], "best_epoch": m["best_epoch"],
+        "total_s": m["timing"]["total_s"], "train_img_per_s": m["timing"]["train_img_per_s"],
+        "dataset": m["dataset"], "classes": classes,
+        "f1": {c: m["test"]["per_class"][c]["f1"] for c in classes},
+        "paths_sha": _paths_sha(pred["path"]),
+        "y_true": [classes.index(c) for c in pred["label"]],
+        "y_pred": [classes.index(c) for c in pred["pred"]],
+    }
+
+
+def _paths_sha(paths) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()
+
+
+def load_ablation(results_dir="results/ablation"):
+    """All run records of a results folder as a DataFrame (one row per run), plus the grid's ``ablation.json``."""
+    import pandas as pd
+
+    results = Path(results_dir)
+    rows = [json.loads(f.read_text()) for f in sorted(results.glob("*-s*.json"))]
+    if not rows:
+        raise FileNotFoundError(f"no ablation results (*-s<seed>.json) in {results}")
+    grid_file = results / "ablation.json"
+    grid = json.loads(grid_file.read_text()) if grid_file.exists() else {}
+    return pd.DataFrame(rows), grid
+
+
+def summarize(runs, reference: str = "full", n_resamples: int = 2000, seed: int = 0):
+    """Per variant: mean, min and max test accuracy over seeds, and the difference to ``reference``.
+
+    The difference is ``mean over seeds(variant accuracy) - mean over seeds(reference accuracy)``. Two
+    95 % intervals come with it:
+
+    * ``test_lo, test_hi`` — resampling the *test images* only (the same resample for both sides, so it
+      is paired): what the test-set size alone allows one to tell apart;
+    * ``diff_lo, diff_hi`` — resampling the test images *and* each side's seeds (a two-level
+      bootstrap): it adds the training noise, which on a short budget can be the larger of the two.
+
+    ``significant`` uses the second interval: a variant "measurably" differs only when the
+    difference is larger than both the test-set noise and the seed-to-seed noise.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by variant (in :data:`VARIANTS` order): ``removes, n_seeds, mean, min, max, macro_f1,
+        diff, diff_lo, diff_hi, test_lo, test_hi, significant``.
+    """
+    import pandas as pd
+
+    if reference not in set(runs["variant"]):
+        raise ValueError(f"the results have no {reference!r} runs to compare with")
+    if runs["paths_sha"].nunique() != 1:
+        raise ValueError("the runs were evaluated on different test sets; they cannot be compared")
+    rng = np.random.default_rng(seed)
+    n = len(runs["y_true"].iloc[0])
+    idx = rng.integers(0, n, size=(n_resamples, n))
+
+    def boot_acc(variant):  # seeds × resamples: accuracy of each seed's run on each test resample
+        part = runs[runs["variant"] == variant]
+        return np.stack([(np.asarray(r.y_pred) == np.asarray(r.y_true))[idx].mean(1) for r in part.itertuples()])
+
+    ref = boot_acc(reference)
+    cols = np.arange(n_resamples)
+    order = [v for v in VARIANTS if v in set(runs["variant"])] + sorted(set(runs["variant"]) - set(VARIANTS))
+    out = []
+    for v in order:
+        part = runs[runs["variant"] == v]
+        acc = boot_acc(v)
+        test_only = acc.mean(0) - ref.mean(0)
+        pick_v = rng.integers(0, len(acc), size=(len(acc), n_resamples))
+        pick_r = rng.integers(0, len(ref), size=(len(ref), n_resamples))
+        both = acc[pick_v, cols].mean(0) - ref[pick_r, cols].mean(0)
+        lo, hi = np.percentile(both, [2.5, 97.5])
+        tlo, thi = np.percentile(test_only, [2.5, 97.5])
+        diff = part["accuracy"].mean() - runs.loc[runs["variant"] == reference, "accuracy"].mean()
+        out.append({"variant": v, "removes": part["removes"].iloc[0], "n_seeds": len(part),
+                    "mean": part["accuracy"].mean(), "min": part["accuracy"].min(), "max": part["accuracy"].max(),
+                    "macro_f1": part["macro_f1"].mean(), "diff": diff, "diff_lo": lo, "diff_hi": hi,
+                    "test_lo": tlo, "test_hi": thi, "significant": bool(v != reference and (lo > 0 or hi < 0))})
+    return pd.DataFrame(out).set_index("variant")
+
+
+def per_class_f1(runs, reference: str = "full"):
+    """Mean F1 per class (columns) and variant (rows) over seeds, minus the ``reference`` row (0 = no change)."""
+    import pandas as pd
+
+    f1 = pd.DataFrame([r.f1 for r in runs.itertuples()], index=runs["variant"]).groupby(level=0).mean()
+    order = [v for v in VARIANTS if v in f1.index] + sorted(set(f1.index) - set(VARIANTS))
+    f1 = f1.loc[order]
+    return f1 - f1.loc[reference]
+
+
+__all__ = ["VARIANTS", "BASES", "base_config", "variant_config", "run_ablation", "run_record", "load_ablation",
+           "summarize", "per_class_f1"]

@@ -1,0 +1,122 @@
+"""The ablation grid: every variant really switches its component off; runs, records and summary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bcc_utils.ablation import VARIANTS, base_config, load_ablation, run_ablation, summarize, variant_config
+from bcc_utils.augment import COMPONENTS, build_train_transform, component_names
+from bcc_utils.inference import clahe_settings
+from bcc_utils.sampling import balancing
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::bcc_utils.data.DataWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
+
+
+def _built(cfg):
+    """What the trainer builds from a config: augmentation components, CLAHE, mixup, sampler, loss weight."""
+    transform = build_train_transform(cfg.img_size, cfg.disabled_components)
+    sampler, weight = balancing(np.repeat(np.arange(8), [5, 10, 20, 40, 5, 10, 20, 40]), 8, cfg.balance, seed=0)
+    return {"components": set(component_names(transform)), "clahe": clahe_settings(cfg) is not None,
+            "mixup": cfg.mixup_p > 0, "sampler": sampler is not None, "weighted_loss": weight is not None}
+
+
+@pytest.mark.parametrize("base", ["cpu", "paper", "smoke"])
+def test_each_variant_removes_exactly_its_component(base):
+    full_cfg = base_config(base)
+    full = _built(full_cfg)
+    assert full == {"components": set(COMPONENTS), "clahe": True, "mixup": True, "sampler": True,
+                    "weighted_loss": True}
+    expected_missing = {
+        "full": set(), "no_clahe": {"clahe"}, "no_mixup": {"mixup"}, "no_cutout": {"cutout"},
+        "no_geometric": {"flip", "rotate", "scale", "shift_scale_rotate"},
+        "no_photometric": {"brightness_contrast", "hue_saturation"},
+        "no_noise_blur": {"noise", "motion_blur"},
+        "balance_none": {"sampler", "weighted_loss"}, "balance_sampler": {"weighted_loss"},
+        "balance_loss": {"sampler"},
+    }
+    assert set(expected_missing) == set(VARIANTS)
+    for name, missing in expected_missing.items():
+        cfg = variant_config(name, full_cfg, seed=3)
+        got = _built(cfg)
+        off = (set(COMPONENTS) - got["components"]) | {k for k in ("clahe", "mixup", "sampler", "weighted_loss")
+                                                       if not got[k]}
+        assert off == missing, name
+        # nothing else in the config changes (besides the seed)
+        diff = set(cfg.differences(full_cfg)) - {"seed"}
+        assert diff == set(VARIANTS[name][1]), name
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="Unknown ablation variant"):
+        variant_config("no_magic", base_config("smoke"), 0)
+    with pytest.raises(ValueError, match="Unknown augmentation component"):
+        base_config("smoke", augment_disable="cutout,sparkles")
+    with pytest.raises(ValueError, match="only applies to augment='paper'"):
+        base_config("smoke", augment="dihedral", augment_disable="cutout")
+
+
+def test_smoke_grid_writes_records_resumes_and_summarizes(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "cache"))
+    res, runs = tmp_path / "res", tmp_path / "runs"
+    logs = []
+    run_ablation(data_dir, res, runs, base="smoke", variants=["full", "no_cutout"], seeds=[0, 1],
+                 progress=False, log=logs.append)
+    files = sorted(p.name for p in res.glob("*-s*.json"))
+    assert files == ["full-s0.json", "full-s1.json", "no_cutout-s0.json", "no_cutout-s1.json"]
+    rec = json.loads((res / "no_cutout-s1.json").read_text())
+    assert rec["config"]["augment_disable"] == "cutout" and rec["config"]["seed"] == 1
+    assert len(rec["y_true"]) == len(rec["y_pred"]) == rec["dataset"]["n_test"]
+    assert rec["accuracy"] == pytest.approx(np.mean(np.array(rec["y_true"]) == np.array(rec["y_pred"])))
+    grid = json.loads((res / "ablation.json").read_text())
+    assert grid["invocations"][0]["runs_trained"] == 4 and grid["invocations"][0]["wall_s"] > 0
+    # a second call trains nothing new
+    run_ablation(data_dir, res, runs, base="smoke", variants=["full", "no_cutout"], seeds=[0, 1],
+                 progress=False, log=logs.append)
+    assert logs[-1] == "ablation: 4 of 4 runs done; 0 to train"
+    runs_df, grid = load_ablation(res)
+    assert len(runs_df) == 4 and len(grid["invocations"]) == 2
+    table = summarize(runs_df)
+    assert list(table.index) == ["full", "no_cutout"] and table.loc["full", "diff"] == 0
+    # another base config may not be mixed into the same folder
+    with pytest.raises(ValueError, match="different base config"):
+        run_ablation(data_dir, res, runs, base="smoke", variants=["full"], seeds=[0], overrides={"epochs": 2},
+                     progress=False, log=logs.append)
+
+
+def _record(variant, seed, correct):
+    y_true = [0] * len(correct)
+    return {"variant": variant, "seed": seed, "removes": variant, "accuracy": float(np.mean(correct)),
+            "macro_f1": 0.0, "paths_sha": "same", "y_true": y_true, "y_pred": [0 if c else 1 for c in correct]}
+
+
+def test_summary_difference_and_its_two_intervals():
+    rng = np.random.default_rng(0)
+    n = 2000
+    full = [rng.uniform(size=n) < 0.95 for _ in range(2)]
+    worse = [f & (rng.uniform(size=n) < 0.9) for f in full]  # loses ~9.5 points in both seeds
+    same = [f.copy() for f in full]
+    # seed noise larger than the effect: one seed 3 points better than full, the other 6 points worse
+    noisy = [full[0] | (rng.uniform(size=n) < 0.6), full[1] & (rng.uniform(size=n) < 0.94)]
+    runs = pd.DataFrame([_record("full", s, full[s]) for s in (0, 1)] + [_record("no_cutout", s, worse[s])
+                        for s in (0, 1)] + [_record("no_mixup", s, same[s]) for s in (0, 1)]
+                        + [_record("no_clahe", s, noisy[s]) for s in (0, 1)])
+    t = summarize(runs)
+    expected = np.mean([worse[s].mean() - full[s].mean() for s in (0, 1)])
+    assert t.loc["no_cutout", "diff"] == pytest.approx(expected)
+    assert t.loc["no_cutout", "diff_lo"] < expected < t.loc["no_cutout", "diff_hi"] < 0
+    assert bool(t.loc["no_cutout", "significant"])
+    assert t.loc["no_mixup", "diff"] == 0 and not t.loc["no_mixup", "significant"]
+    assert not t.loc["full", "significant"]
+    # the test-image interval alone calls the noisy variant different; the seed-aware interval does not
+    assert t.loc["no_clahe", "test_hi"] < 0 or t.loc["no_clahe", "test_lo"] > 0
+    assert t.loc["no_clahe", "diff_lo"] < 0 < t.loc["no_clahe", "diff_hi"] and not t.loc["no_clahe", "significant"]
+    runs.loc[0, "paths_sha"] = "other"
+    with pytest.raises(ValueError, match="different test sets"):
+        summarize(runs)
