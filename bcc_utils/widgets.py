@@ -7,17 +7,23 @@ once with its default values when created, so a notebook executed headless
 nbval shows widgets: the notebooks follow every panel with a static figure.
 
 All computing is done by the library (:mod:`bcc_utils.preprocess`,
-:mod:`bcc_utils.augment`); the panels only wire controls to it and draw with
-:mod:`bcc_utils.figures`. Introduced in notebook 02.
+:mod:`bcc_utils.augment`, :mod:`bcc_utils.explain`); the panels only wire controls to it and draw with
+:mod:`bcc_utils.figures` and :mod:`bcc_utils.explain_plots`. Introduced in notebook 02.
 """
 
 from __future__ import annotations
 
+import html
+import os
 from typing import Mapping
 
 import numpy as np
 
 from bcc_utils import figures
+from bcc_utils.explain_plots import prediction_figure  # the static figure shown after the prediction panel
+
+#: Dropdown entry of the prediction panel that shows the uploaded file.
+UPLOADED = "uploaded file"
 
 #: One strength slider per augmentation component: (label, AugmentParams field(s), min, max, step, default).
 #: ``flip`` has no strength (a toggle only). Tuple-valued fields get ``(value / 2, value)``.
@@ -160,4 +166,84 @@ def augmentation_explorer(image: np.ndarray, n: int = 4, display: bool = True):
     rows = [names[:5], names[5:], slider_names[:3], slider_names[3:6], slider_names[6:] + ["draw"]]
     if display:
         _display(_layout(panel, rows))
+    return panel
+
+
+def _uploaded(value) -> tuple[str, bytes] | None:
+    """``(name, bytes)`` of the last file in a ``FileUpload`` value (ipywidgets 8: a tuple of dicts)."""
+    files = list(value.values()) if isinstance(value, dict) else list(value or ())
+    if not files:
+        return None
+    f = files[-1]
+    return f.get("name") or f.get("metadata", {}).get("name", "upload"), bytes(f["content"])
+
+
+def prediction_panel(checkpoint, examples: Mapping[str, str | os.PathLike], temperature: float | None = None,
+                     display: bool = True):
+    """Panel: pick a test image or upload one; see the prediction, top-3 probabilities and its Grad-CAM.
+
+    Parameters
+    ----------
+    checkpoint
+        Path of ``best.pt`` or a ``(model, ckpt)`` pair from :func:`bcc_utils.inference.load_model`.
+    examples
+        ``{label: image file}`` offered in the dropdown.
+    temperature
+        Divides the logits; ``None`` reads the run's calibration
+        (:func:`bcc_utils.calibration.load_temperature`) for a checkpoint path, 1 for a pair.
+    display
+        Show the panel (``False`` in tests).
+
+    Returns
+    -------
+    ipywidgets.interactive
+        Its ``result`` is the figure of :func:`bcc_utils.explain_plots.prediction_figure`, or a message
+        string when an uploaded file is not an image; ``temperature`` holds the temperature used.
+    """
+    import ipywidgets as W
+
+    from bcc_utils.data import ImageReadError, read_image
+    from bcc_utils.data.scan import decode_image
+    from bcc_utils.inference import load_model
+
+    model, ckpt = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint)
+    if temperature is None and not isinstance(checkpoint, tuple):
+        from bcc_utils.calibration import load_temperature
+
+        temperature = load_temperature(checkpoint)
+    temperature = 1.0 if temperature is None else float(temperature)
+    names = list(examples)
+    image = W.Dropdown(options=names, value=names[0], description="image")
+    upload = W.FileUpload(accept="image/*", multiple=False, description="upload")
+    last: dict = {}
+
+    def pick_upload(change):  # registered before the panel's own observers: the dropdown switches first
+        if _uploaded(change["new"]):
+            image.options = [*names, UPLOADED]
+            image.value = UPLOADED
+
+    upload.observe(pick_upload, names="value")
+
+    def show(image, file):
+        got = _uploaded(file) if image == UPLOADED else None
+        key = (image, got[0], hash(got[1])) if got else (image,)
+        if last.get("key") != key:  # the dropdown and the upload may both report one upload
+            try:
+                if image != UPLOADED:
+                    result = prediction_figure(model, ckpt, read_image(examples[image]), temperature, name=image)
+                elif got is None:
+                    result = "Upload an image file (JPEG, PNG, TIFF, …)."
+                else:
+                    result = prediction_figure(model, ckpt, decode_image(got[1], got[0]), temperature, name=got[0])
+            except ImageReadError as exc:
+                result = f"Cannot show this file: {exc}"
+            last.update(key=key, result=result)
+        result = last["result"]
+        _display(W.HTML(f"<b>{html.escape(result)}</b>") if isinstance(result, str) else result)
+        return result
+
+    panel = W.interactive(show, image=image, file=upload)
+    panel.temperature = temperature
+    if display:
+        _display(_layout(panel, [["image", "file"]]))
     return panel
