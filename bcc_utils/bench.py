@@ -251,8 +251,10 @@ def _handler(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench pipeline`` to the command line."""
-    bench = subparsers.add_parser("bench", help="benchmarks (data pipeline throughput)")
+    """Add ``bench pipeline`` and ``bench latency`` (:mod:`bcc_utils.latency`) to the command line."""
+    from bcc_utils.latency import add_parser as add_latency_parser
+
+    bench = subparsers.add_parser("bench", help="benchmarks (data pipeline throughput, inference latency)")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
     sub.required = True
     p = sub.add_parser("pipeline", help="images/s of the training DataLoader, naive vs cached",
@@ -269,3 +271,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also time naive + float32 normalisation in the workers (A.Normalize + ToTensorV2)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.set_defaults(func=_handler)
+    add_latency_parser(sub)

@@ -18,7 +18,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bcc_utils.data.cli",  # audit, split, download
     "bcc_utils.series",  # series (run the notebooks headless)
     "bcc_utils.train_cli",  # train, evaluate, predict
-    "bcc_utils.bench",  # bench pipeline (data-loading throughput)
+    "bcc_utils.bench",  # bench pipeline, bench latency
+    "bcc_utils.export",  # export (ONNX + sidecar)
 )
 
 
