@@ -175,20 +175,12 @@ def split_logits(checkpoint, data_dir=None, splits=("val", "test"), tta: str = "
     With ``tta="dihedral"`` view 0 is the plain image, so one pass gives both the single-view and
     the TTA predictions.
     """
-    import pandas as pd
-
-    from bcc_utils.cache import build_cache
     from bcc_utils.config import TrainConfig
-    from bcc_utils.data import locate_root
-    from bcc_utils.inference import amp_dtype, clahe_settings, load_model, predict_logits, resolve_device
-    from bcc_utils.paths import find_data_dir
+    from bcc_utils.inference import amp_dtype, load_with_images, predict_logits, resolve_device
 
     dev = resolve_device(device)
-    model, ckpt = load_model(checkpoint, dev)
+    model, ckpt, images, manifest = load_with_images(checkpoint, data_dir, cache_dir, dev, progress)
     cfg = TrainConfig.from_dict(ckpt["config"])
-    manifest = pd.DataFrame(ckpt["manifest"])
-    images = build_cache(locate_root(find_data_dir(data_dir)), manifest, cfg.img_size, clahe_settings(cfg),
-                         cache_dir, progress=progress)
     classes, out = list(ckpt["classes"]), {}
     for split in splits:
         part = manifest[manifest["split"] == split]

@@ -117,6 +117,31 @@ def load_model(checkpoint: str | os.PathLike | dict, device="cpu") -> tuple[torc
     return model.eval(), ckpt
 
 
+def load_with_images(checkpoint, data_dir=None, cache_dir=None, device="cpu", progress: bool = False):
+    """A checkpoint's model and its manifest's images, preprocessed as in training (cached).
+
+    Returns
+    -------
+    (model, ckpt, images, manifest)
+        ``images`` is the :func:`bcc_utils.cache.build_cache` result (``.array``, ``.index_of(path)``);
+        ``manifest`` the DataFrame stored in the checkpoint (its hash checked).
+    """
+    import pandas as pd
+
+    from bcc_utils.cache import build_cache
+    from bcc_utils.data import locate_root, manifest_hash
+    from bcc_utils.paths import find_data_dir
+
+    model, ckpt = load_model(checkpoint, device)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    manifest = pd.DataFrame(ckpt["manifest"])
+    if manifest_hash(manifest) != ckpt["manifest_hash"]:
+        raise ValueError("the manifest stored in the checkpoint does not match its hash (corrupted file?)")
+    root = locate_root(find_data_dir(data_dir))
+    images = build_cache(root, manifest, cfg.img_size, clahe_settings(cfg), cache_dir, progress=progress)
+    return model, ckpt, images, manifest
+
+
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir=None, split: str = "test", cache_dir=None,
                         device: str = "auto", progress: bool = True) -> dict:
     """Recompute the test metrics of ``metrics.json`` from a checkpoint and the manifest stored in it.
@@ -129,19 +154,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir=None, split: str
     """
     import pandas as pd
 
-    from bcc_utils.cache import build_cache
-    from bcc_utils.data import locate_root, manifest_hash
     from bcc_utils.metrics import classification_report_dict
-    from bcc_utils.paths import find_data_dir
 
     dev = resolve_device(device)
-    model, ckpt = load_model(checkpoint, dev)
+    model, ckpt, images, manifest = load_with_images(checkpoint, data_dir, cache_dir, dev, progress)
     cfg = TrainConfig.from_dict(ckpt["config"])
-    manifest = pd.DataFrame(ckpt["manifest"])
-    if manifest_hash(manifest) != ckpt["manifest_hash"]:
-        raise ValueError("the manifest stored in the checkpoint does not match its hash (corrupted file?)")
-    root = locate_root(find_data_dir(data_dir))
-    images = build_cache(root, manifest, cfg.img_size, clahe_settings(cfg), cache_dir, progress=progress)
     part = manifest[manifest["split"] == split]
     if part.empty:
         raise ValueError(f"split {split!r} is empty in this checkpoint's manifest")
