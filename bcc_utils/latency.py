@@ -39,16 +39,6 @@ def _stats(ms: list[float]) -> dict[str, float]:
             "mean": round(float(a.mean()), 3), "min": round(float(a.min()), 3)}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure_latency(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike | None = None, inputs=None,
                     data_dir=None, n: int = 50, batch: int = 1, threads: int = 1, warmup: int = 5,
                     max_images: int = 64) -> dict[str, Any]:
@@ -79,8 +69,8 @@ def measure_latency(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike 
     import torch
 
     from bcc_utils.export import export_onnx
-    from bcc_utils.inference import load_model
-    from bcc_utils.inference import iter_images
+    from bcc_utils.inference import iter_images, load_model
+    from bcc_utils.metrics import hardware_info
     from bcc_utils.onnx_predict import OnnxClassifier, require
 
     if min(n, batch, threads) < 1 or warmup < 0:
@@ -125,7 +115,7 @@ def measure_latency(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike 
                          "pytorch_memory_format": str(layout).replace("torch.", ""),
                          "onnx": Path(onnx_file).name if onnx_path else "exported for this benchmark",
                          "opset": clf.sidecar["provenance"]["opset"]},
-            "machine": {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "machine": {"cpu": hardware_info("cpu")["cpu_model"], "cpu_count": os.cpu_count(), "platform": platform.platform(),
                         "load_avg_1min_at_start": round(load, 2), "python": platform.python_version(),
                         "torch": torch.__version__, "onnxruntime": require("onnxruntime").__version__},
         }
