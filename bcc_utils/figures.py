@@ -132,8 +132,8 @@ def image_grid(
     if row_labels:
         for r, label in enumerate(row_labels[:nrows]):
             axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9, labelpad=6)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+    if suptitle:  # anchored in inches from the top, so tall grids do not push it into the first titles
+        fig.suptitle(suptitle, fontsize=10, y=1 - 0.06 / fig.get_figheight(), va="top")
     fig.subplots_adjust(
         left=label_w / fig.get_figwidth() if row_labels else 0.005, right=0.995,
         top=1 - top / fig.get_figheight() if suptitle else 0.99 - (0.0 if titles else 0.0),
