@@ -78,11 +78,15 @@ def _views(logits) -> np.ndarray:
 
 
 def scaled_proba(logits, temperature: float = 1.0) -> np.ndarray:
-    """Probabilities from N×K logits (or views×N×K, averaged after the softmax) divided by ``temperature``."""
-    z = _views(logits) / float(temperature)
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(-1, keepdims=True)).mean(0)
+    """Probabilities from N×K logits (or views×N×K, averaged after the softmax) divided by ``temperature``.
+
+    :func:`bcc_utils.inference.views_to_proba` in float64 (the temperature fit compares small NLL changes).
+    """
+    import torch
+
+    from bcc_utils.inference import views_to_proba
+
+    return views_to_proba(_views(logits), temperature, dtype=torch.float64)
 
 
 def fit_temperature(logits, y, bounds: tuple[float, float] = (0.05, 20.0)) -> float:

@@ -82,9 +82,9 @@ def predict_logits(model: torch.nn.Module, images, rows=None, *, mean, std, devi
     return torch.cat(out, 1).numpy() if out else np.zeros((1 + 3 * (tta == "dihedral"), 0, 0), dtype=np.float32)
 
 
-def views_to_proba(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def views_to_proba(logits: np.ndarray, temperature: float = 1.0, dtype: torch.dtype = torch.float32) -> np.ndarray:
     """Mean softmax over the TTA views of :func:`predict_logits` output, logits divided by ``temperature``."""
-    z = torch.as_tensor(logits, dtype=torch.float32) / float(temperature)
+    z = torch.as_tensor(logits, dtype=dtype) / float(temperature)
     return z.softmax(-1).mean(0).numpy()
 
 
