@@ -12,7 +12,6 @@ input; the largest logit difference seen is reported as a check that both comput
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -68,14 +67,16 @@ def measure_latency(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike 
     """
     import torch
 
+    from bcc_utils.data.files import iter_images
     from bcc_utils.export import export_onnx
-    from bcc_utils.inference import iter_images, load_model
     from bcc_utils.metrics import hardware_info
     from bcc_utils.onnx_predict import OnnxClassifier, require
+    from bcc_utils.run import load_model
 
     if min(n, batch, threads) < 1 or warmup < 0:
         raise ValueError("n, batch and threads must be >= 1, warmup >= 0")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    # None, not NaN, where there is no load average: the results are written as JSON, which has no NaN
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory(prefix="bcc-latency-") as tmp:
         onnx_file = onnx_path or export_onnx(checkpoint, Path(tmp) / "model.onnx")[0]
         clf = OnnxClassifier(onnx_file, threads=threads)
@@ -116,7 +117,7 @@ def measure_latency(checkpoint: str | os.PathLike, onnx_path: str | os.PathLike 
                          "onnx": Path(onnx_file).name if onnx_path else "exported for this benchmark",
                          "opset": clf.sidecar["provenance"]["opset"]},
             "machine": {"cpu": hardware_info("cpu")["cpu_model"], "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                        "load_avg_1min_at_start": round(load, 2), "python": platform.python_version(),
+                        "load_avg_1min_at_start": load, "python": platform.python_version(),
                         "torch": torch.__version__, "onnxruntime": require("onnxruntime").__version__},
         }
 
@@ -137,9 +138,9 @@ def _handler(args: argparse.Namespace) -> int:
     print(f"  onnxruntime is {r['speedup_median']:.2f}x PyTorch (median); max |logit difference| "
           f"{r['max_abs_diff']:.1e}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
-        print(f"  written to {args.json}")
+        from bcc_utils.atomic import write_json
+
+        print(f"  written to {write_json(r, args.json)}")
     return 0
 
 

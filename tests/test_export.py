@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -17,7 +18,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::bcc_utils.data.DataWarning"),
 ]
 
-TOL = 1e-4  # max |logit difference| the export must meet
 OPS = ["decode", "clahe", "resize", "scale", "normalize", "to_nchw"]
 
 
@@ -46,8 +46,10 @@ def lite0(runs):
     """Lite0 run with a hand-written calibration.json, exported (default exporter)."""
     from bcc_utils.export import export_onnx
 
+    ckpt = runs["lite0"] / "best.pt"
     (runs["lite0"] / "calibration.json").write_text(json.dumps(
-        {"schema_version": 1, "temperature": 1.7, "fitted_on": "val", "tta": "dihedral", "checkpoint": "best.pt"}))
+        {"schema_version": 1, "temperature": 1.7, "fitted_on": "val", "tta": "dihedral", "checkpoint": "best.pt",
+         "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}))
     onnx_file, side = export_onnx(runs["lite0"] / "best.pt", runs["base"] / "lite0.onnx")
     return {"ckpt": runs["lite0"] / "best.pt", "onnx": onnx_file, "sidecar": side}
 
@@ -57,14 +59,21 @@ def _test_split(ckpt_path, root):
     from bcc_utils.checkpoint import load_checkpoint
     from bcc_utils.config import TrainConfig
     from bcc_utils.data import read_image
-    from bcc_utils.inference import clahe_settings
     from bcc_utils.preprocess import preprocess_image
 
     ckpt = load_checkpoint(ckpt_path)
     cfg = TrainConfig.from_dict(ckpt["config"])
     m = ckpt["manifest"]
     paths = [root / p for p, s in zip(m["path"], m["split"]) if s == "test"]
-    return paths, np.stack([preprocess_image(read_image(p), cfg.img_size, clahe_settings(cfg)) for p in paths])
+    return paths, np.stack([preprocess_image(read_image(p), cfg.img_size, cfg.clahe_settings()) for p in paths])
+
+
+def _sidecar_of(model):
+    return model.with_name(model.name + ".json")
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_export_writes_a_valid_model_and_a_complete_sidecar(lite0):
@@ -101,27 +110,43 @@ def test_export_writes_a_valid_model_and_a_complete_sidecar(lite0):
 
 
 def test_onnx_logits_match_pytorch_on_real_images(runs, sample_root, tmp_path):
-    from bcc_utils.export import export_onnx
+    from bcc_utils.export import export_onnx, parity_tolerance
     from bcc_utils.onnx_predict import check_parity
 
     ckpt = runs["smoke"] / "best.pt"
     onnx_file, _ = export_onnx(ckpt, tmp_path / "smoke.onnx")
     _, x = _test_split(ckpt, sample_root)
     r = check_parity(ckpt, onnx_file, x)
-    assert r["n"] == len(x) > 30 and r["all_same_class"] and r["max_abs_diff"] <= TOL, r
+    tol = parity_tolerance(r["max_abs_logit"])
+    assert r["n"] == len(x) > 30 and r["all_same_class"] and r["onnx_vs_float64"] <= tol, r
+    assert r["pytorch_vs_float64"] <= tol, r
 
 
 def test_lite0_logits_match_the_model_to_float32_rounding(lite0, sample_root):
     """Real ImageNet weights, trained as the cpu preset (label smoothing keeps logits in the range of a real run).
 
-    Both runtimes round in float32 (without label smoothing logits reach ~20, and PyTorch alone then moves
-    by ~1e-4 between memory formats), so the model computed in float64 is reported as the referee too."""
-    from bcc_utils.onnx_predict import check_parity
+    Each runtime is compared with the model computed in float64, not with the other: two float32 results
+    each within rounding of the truth can be twice that apart (an absolute 1e-4 between them failed on
+    another x86 machine with 6.9e-5 and 7.1e-5 from float64). The bound scales with the logits, as
+    rounding does; :data:`bcc_utils.export.PARITY_ULPS` says why it still fails on a wrong layout or
+    normalisation, which the last lines check on these very images."""
+    import torch
+
+    from bcc_utils.export import parity_tolerance
+    from bcc_utils.onnx_predict import OnnxClassifier, check_parity
 
     _, x = _test_split(lite0["ckpt"], sample_root)
     r = check_parity(lite0["ckpt"], lite0["onnx"], x)
-    assert r["n"] == len(x) > 30 and r["all_same_class"] and r["onnx_vs_float64"] <= TOL, r
-    assert r["max_abs_diff"] <= TOL, r  # vs PyTorch float32
+    tol = parity_tolerance(r["max_abs_logit"])
+    assert r["n"] == len(x) > 30 and r["all_same_class"] and r["max_abs_logit"] > 5, r
+    assert r["onnx_vs_float64"] <= tol and r["pytorch_vs_float64"] <= tol, (tol, r)
+
+    clf = OnnxClassifier(lite0["onnx"], threads=1)
+    xin = clf.to_input(x)
+    right = clf.run(xin)
+    mean_off = torch.tensor([1 / 255 / s for s in clf.std]).view(1, 3, 1, 1)  # a mean off by one grey level
+    for bug in (xin.transpose(2, 3), xin.flip(1), xin - mean_off):  # H and W swapped, BGR, that mean
+        assert np.abs(clf.run(bug.contiguous()) - right).max() > 100 * tol
 
 
 def test_sidecar_preprocessing_reproduces_training(lite0, sample_root):
@@ -132,13 +157,12 @@ def test_sidecar_preprocessing_reproduces_training(lite0, sample_root):
     from bcc_utils.batches import nhwc_to_nchw, to_input
     from bcc_utils.cache import build_cache
     from bcc_utils.checkpoint import load_checkpoint
-    from bcc_utils.data import read_image
-    from bcc_utils.inference import clahe_settings
     from bcc_utils.config import TrainConfig
+    from bcc_utils.data import read_image
 
     ckpt = load_checkpoint(lite0["ckpt"])
     cfg = TrainConfig.from_dict(ckpt["config"])
-    cache = build_cache(sample_root, pd.DataFrame(ckpt["manifest"]), cfg.img_size, clahe_settings(cfg))
+    cache = build_cache(sample_root, pd.DataFrame(ckpt["manifest"]), cfg.img_size, cfg.clahe_settings())
     steps = {s["op"]: s for s in json.loads(lite0["sidecar"].read_text(encoding="utf-8"))["preprocessing"]}
     c, (s, _) = steps["clahe"]["settings"], steps["resize"]["size"]
     mean, std = np.array(steps["normalize"]["mean"]), np.array(steps["normalize"]["std"])
@@ -225,6 +249,141 @@ def test_missing_packages_and_bad_options_give_clear_errors(lite0, runs, tmp_pat
     monkeypatch.setitem(sys.modules, "onnx", None)
     assert main(["export", str(runs["smoke"] / "best.pt"), "--onnx", str(tmp_path / "m.onnx")]) == 2
     assert "onnx is not installed" in capsys.readouterr().err
+
+
+def test_export_refuses_targets_that_are_not_onnx_models(runs, tmp_path, capsys):
+    """``export best.pt --onnx best.pt`` once overwrote the checkpoint; a folder gave a traceback."""
+    from bcc_utils.onnx_predict import OnnxClassifier
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = run / "best.pt"  # a copy: the old code destroyed the checkpoint it was given
+    shutil.copy(runs["smoke"] / "best.pt", ckpt)
+    original = ckpt.read_bytes()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.onnx").write_text("not a model\n")
+    shutil.copy(ckpt, tmp_path / "weights.onnx")  # a checkpoint under an ONNX name
+    refused = {ckpt: "is the checkpoint itself", run / ".." / "run" / "best.pt": "is the checkpoint itself",
+               tmp_path / "folder": "is a folder", tmp_path / "notes.onnx": "exists and is not an ONNX model",
+               tmp_path / "weights.onnx": "exists and is not an ONNX model",
+               tmp_path / "model.bin": "must end in .onnx"}
+    for target, why in refused.items():
+        assert main(["export", str(ckpt), "--onnx", str(target)]) == 2, target
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and why in err and err.count("\n") == 1, err
+    assert ckpt.read_bytes() == original and (tmp_path / "weights.onnx").read_bytes() == original
+    assert (tmp_path / "notes.onnx").read_text() == "not a model\n" and not (tmp_path / "model.bin").exists()
+    assert not list(tmp_path.glob("folder/*")) and not list(tmp_path.glob("*.json"))
+    model = tmp_path / "m.onnx"  # an earlier export is an ONNX model: replacing it is what export is for
+    assert main(["export", str(ckpt), "--onnx", str(model)]) == 0
+    assert main(["export", str(ckpt), "--onnx", str(model)]) == 0
+    assert OnnxClassifier(model).classes == json.loads(_sidecar_of(model).read_text())["classes"]
+
+
+def test_interrupted_export_keeps_the_old_pair_and_a_mismatched_pair_is_refused(runs, lite0, sample_root, tmp_path,
+                                                                              monkeypatch, capsys):
+    import bcc_utils.export as export
+    from bcc_utils.onnx_predict import OnnxClassifier
+
+    model = tmp_path / "m.onnx"
+    export.export_onnx(runs["smoke"] / "best.pt", model)
+    before = _sha(model), _sha(_sidecar_of(model))
+
+    def killed(*args, **kwargs):  # the process dies after writing the model, before the sidecar is written
+        raise KeyboardInterrupt
+    with monkeypatch.context() as mp:
+        mp.setattr(export, "_sidecar", killed)
+        with pytest.raises(KeyboardInterrupt):
+            export.export_onnx(lite0["ckpt"], model)  # another model: the old code left it beside the old sidecar
+    assert (_sha(model), _sha(_sidecar_of(model))) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]  # no temporary left behind
+    assert json.loads(_sidecar_of(model).read_text())["onnx_file"]["sha256"] == before[0]
+
+    model.write_bytes(lite0["onnx"].read_bytes())  # a model replaced without its sidecar
+    with pytest.raises(ValueError, match=re.escape(f"{model} was not written together with {model}.json")):
+        OnnxClassifier(model)
+    image = next((sample_root / "neutrophil").glob("[!.]*.jpg"))
+    assert main(["predict", str(model), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not written together with" in err and err.count("\n") == 1, err
+
+
+def _step(side: dict, op: str) -> dict:
+    return next(s for s in side["preprocessing"] if s["op"] == op)
+
+
+def _swap_first_classes(side: dict) -> None:
+    c = side["classes"]
+    c[0], c[1] = c[1], c[0]
+
+
+TAMPERED = {  # change to the sidecar -> what the one-line error must say
+    "swapped classes": (_swap_first_classes,
+                        r"'classes' is \['eosinophil', 'basophil'.*but lite0.onnx was exported with \['basophil'"),
+    "duplicate class": (lambda d: d["classes"].__setitem__(1, d["classes"][0]), r"'classes' names a class twice"),
+    "7 classes": (lambda d: d["classes"].pop(), r"7 classes, but lite0.onnx gives 8 logits"),
+    "temperature 0": (lambda d: d.update(temperature=0), r"'temperature' must be a finite number > 0, got 0"),
+    "temperature < 0": (lambda d: d.update(temperature=-1.7), r"'temperature' must be a finite number > 0, got -1.7"),
+    "temperature text": (lambda d: d.update(temperature="1.7"), r"'temperature' must be a finite number > 0"),
+    "temperature changed": (lambda d: d.update(temperature=2.0), r"'temperature' is 2.0, but lite0.onnx was exported "
+                                                                  r"with 1.7"),
+    "no temperature": (lambda d: d.pop("temperature"), r"missing or malformed field 'temperature'"),
+    "no preprocessing": (lambda d: d.pop("preprocessing"), r"missing or malformed field 'preprocessing'"),
+    "no normalize step": (lambda d: d["preprocessing"].remove(_step(d, "normalize")),
+                          r"missing or malformed preprocessing step 'normalize'"),
+    "no std": (lambda d: _step(d, "normalize").pop("std"), r"missing or malformed preprocessing step 'normalize.std'"),
+    "std 0": (lambda d: _step(d, "normalize").update(std=[0.2, 0, 0.2]),
+              r"'normalize.std' must be three finite numbers > 0"),
+    "ImageNet mean": (lambda d: _step(d, "normalize").update(mean=[0.485, 0.456, 0.406]),
+                      r"'mean' is \[0.485, 0.456, 0.406\], but lite0.onnx was exported with \[0.5, 0.5, 0.5\]"),
+    "no clahe settings": (lambda d: _step(d, "clahe").pop("settings"),
+                          r"missing or malformed preprocessing step 'clahe.settings'"),
+    "clahe space": (lambda d: _step(d, "clahe")["settings"].update(space="xyz"), r"clahe 'settings' are not valid"),
+    "clahe off": (lambda d: _step(d, "clahe").update(settings=None), r"'clahe' is None, but lite0.onnx was exported"),
+    "other size": (lambda d: _step(d, "resize").update(size=[96, 96]), r"images of 96 px, but lite0.onnx takes"),
+    "other tta": (lambda d: d["tta"].update(run_setting="none"), r"'tta' is none, but lite0.onnx was exported with"),
+    "no checksum": (lambda d: d.pop("onnx_file"), r"missing or malformed field 'onnx_file'"),
+    "older format": (lambda d: d.update(format="bcc-onnx-1"), r"older sidecar \(bcc-onnx-1\).*export the model again"),
+}
+
+
+@pytest.mark.parametrize("case", TAMPERED)
+def test_sidecar_is_checked_against_the_model_it_was_exported_with(case, lite0, tmp_path):
+    """Each field that decides a prediction is validated, and must equal the copy export put in the ONNX metadata."""
+    from bcc_utils.onnx_predict import OnnxClassifier
+
+    model = tmp_path / "lite0.onnx"
+    shutil.copy(lite0["onnx"], model)
+    side = json.loads(lite0["sidecar"].read_text(encoding="utf-8"))
+    change, message = TAMPERED[case]
+    change(side)
+    _sidecar_of(model).write_text(json.dumps(side), encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as exc:
+        OnnxClassifier(model)
+    assert "\n" not in str(exc.value) and ("lite0.onnx.json" in str(exc.value) or str(model) in str(exc.value))
+
+
+def test_onnx_metadata_holds_the_settings_and_temperatures_are_checked(lite0, sample_root, capsys, tmp_path):
+    import onnx
+
+    from bcc_utils.onnx_predict import OnnxClassifier
+
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(lite0["onnx"])).metadata_props if p.key[:4] == "bcc."}
+    side = json.loads(lite0["sidecar"].read_text(encoding="utf-8"))
+    clf = OnnxClassifier(lite0["onnx"], threads=1)
+    assert meta["bcc.classes"] == side["classes"] == clf.classes and meta["bcc.temperature"] == 1.7
+    assert meta["bcc.mean"] == _step(side, "normalize")["mean"] and meta["bcc.tta"] == side["tta"]["run_setting"]
+    image = str(next((sample_root / "neutrophil").glob("[!.]*.jpg")))
+    for t in (0, -1.0, float("nan")):  # 0 gave nan%, a negative temperature reversed the ranking
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            clf.predict([image], temperature=t)
+    model = tmp_path / "lite0.onnx"  # the CLI's answer to a swapped class list: one line, exit 2
+    shutil.copy(lite0["onnx"], model)
+    _swap_first_classes(side)
+    _sidecar_of(model).write_text(json.dumps(side), encoding="utf-8")
+    assert main(["predict", str(model), image]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "exported with" in err and err.count("\n") == 1, err
 
 
 def test_bench_latency(lite0, data_dir, capsys):
