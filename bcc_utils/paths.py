@@ -53,7 +53,9 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     Returns
     -------
     Path
-        The existing folder (not yet checked for class folders).
+        The existing folder (not yet checked for class folders). A download-cache
+        folder counts only once its download passed verification (it holds the
+        marker file that :func:`bcc_utils.data.download` writes then).
 
     Raises
     ------
@@ -68,11 +70,24 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     else:
         for name in ("pbc", "kaggle"):
             candidates.append(("download cache", cache_dir() / name))
+    unverified = []
     for origin, path in candidates:
+        if origin == "download cache":
+            # the name of bcc_utils.data.sources.VERIFIED_MARKER (not imported: that would load numpy)
+            if (path / ".verified").is_file():
+                return path
+            if path.is_dir():  # a download that failed verification or was interrupted: never used silently
+                unverified.append(path)
+            continue
         if path.is_dir():
             return path
-        if origin != "download cache":
-            raise FileNotFoundError(f"Dataset folder from {origin} does not exist: {path}")
+        raise FileNotFoundError(f"Dataset folder from {origin} does not exist: {path}")
+    if unverified:
+        raise FileNotFoundError(
+            f"No verified PBC dataset found: {unverified[0]} holds a download that was not verified (it failed "
+            "verification or was interrupted). Run  python -m bcc_utils download pbc  to fetch and verify it, "
+            f"or set {DATA_ENV} to a dataset folder to use one anyway."
+        )
     raise FileNotFoundError(
         "No PBC dataset found. Either set the environment variable "
         f"{DATA_ENV} to a folder holding the eight class folders (or the archive that contains them), "

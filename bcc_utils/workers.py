@@ -10,13 +10,74 @@ Two things go wrong silently in ``DataLoader`` workers without this:
   untouched parent state, so without reseeding the workers repeat each other's
   augmentations and every epoch repeats the previous one.
   :func:`worker_init_fn` reseeds from ``torch``'s per-worker, per-epoch seed.
+
+Process-pool workers (the preprocessing cache build) call :func:`die_with_parent`:
+a pool worker blocked on its task queue never notices that its parent was
+killed, and would otherwise keep its memory (hundreds of MB) forever.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from typing import Any
 
 import numpy as np
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int | None = None, poll_seconds: float = 1.0) -> None:
+    """End this (worker) process soon after its parent process ends, however the parent ended.
+
+    On Linux the kernel sends ``SIGTERM`` the moment the parent dies
+    (``prctl(PR_SET_PDEATHSIG)``; it fires when the *thread* that started the
+    worker ends, so start pools from a thread that outlives them); everywhere, a
+    daemon thread also checks every ``poll_seconds`` whether the process has been
+    handed to a new parent. Call it first thing in a pool's ``initializer``.
+
+    Parameters
+    ----------
+    parent_pid
+        The process that started the pool (``os.getpid()`` there, passed in ``initargs``):
+        if it is already gone, this worker exits at once.
+    poll_seconds
+        Interval of the fallback check.
+    """
+    import signal
+
+    parent = os.getppid()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a handler inherited from the parent must not keep us alive
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # no usable libc: the polling below still works
+            pass
+    if parent_pid is not None and not pid_alive(parent_pid):  # it died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)  # no cleanup: the parent, who would collect results, is gone
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists (also when it belongs to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def reseed_transform(transform: Any, seed: int | None) -> None:

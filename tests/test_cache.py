@@ -160,3 +160,100 @@ def test_bench_pipeline_command_writes_its_report(data_dir, tmp_path):
         assert report[key] > 0
     assert report["speedup"] == pytest.approx(report["cached_img_per_s"] / report["naive_img_per_s"], rel=0.02)
     assert report["settings"]["images_timed"] == 24 and report["machine"]["cpu_count"] >= 1
+
+
+def _copy_rows(sample_root, rows, root):
+    for path in rows["path"]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(sample_root / path, root / path)
+
+
+def test_image_replaced_in_place_rebuilds(sample_root, manifest, tmp_path):
+    import os
+
+    root = tmp_path / "data"
+    rows = manifest.groupby("label", group_keys=False).head(1)
+    _copy_rows(sample_root, rows, root)
+    first = build_cache(root, rows, SIZE, None, tmp_path / "cache", workers=0)
+    victim = rows["path"].iloc[0]
+    other = next(p for p in manifest["path"] if p.startswith(victim.split("/")[0]) and p != victim)
+    (root / victim).write_bytes((sample_root / other).read_bytes())  # same name, other cell
+    st = (root / victim).stat()
+    os.utime(root / victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as an edit a second later would
+    again = build_cache(root, rows, SIZE, None, tmp_path / "cache", workers=0)
+    assert again.built and again.file == first.file  # same settings: the stale file is replaced, not kept beside
+    expected = preprocess_image(read_image(sample_root / other), SIZE, None)
+    assert np.array_equal(again[again.index_of(victim)], expected)
+    assert not build_cache(root, rows, SIZE, None, tmp_path / "cache", workers=0).built
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".u8"]
+
+
+_BUILD_THEN_HANG = """
+import sys, time
+from bcc_utils.cache import build_cache
+from bcc_utils.data import load_manifest
+
+def hang(done, total):  # the parent stops here, mid-build: the data file is still a temporary file
+    print("building", flush=True)
+    time.sleep(120)
+
+build_cache(sys.argv[1], load_manifest(sys.argv[2]), 64, None, sys.argv[3], workers=2, progress=hang)
+"""
+
+
+def _running(process) -> bool:
+    """Alive and not a zombie (an orphan's zombie lingers until init reaps it, holding no memory)."""
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_sigkill_mid_build_takes_the_workers_along_and_the_next_build_cleans_up(sample_root, manifest, tmp_path):
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    import bcc_utils
+    from bcc_utils.data import save_manifest
+
+    root, cache = tmp_path / "data", tmp_path / "cache"
+    _copy_rows(sample_root, manifest, root)  # 40 images: two tasks, so the pool is used
+    csv = save_manifest(manifest, tmp_path / "m.csv")
+    proc = subprocess.Popen([sys.executable, "-c", _BUILD_THEN_HANG, str(root), str(csv), str(cache)],
+                            cwd=Path(bcc_utils.__file__).parents[1], stdout=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        assert select.select([proc.stdout], [], [], 60)[0], "the build did not start within 60 s"
+        assert proc.stdout.readline().strip() == "building"
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [w.pid for w in workers if _running(w)] == []
+    finally:
+        proc.kill()
+        for w in workers:
+            if w.is_running():
+                w.kill()
+    stale = [p.name for p in cache.iterdir()]
+    assert len(stale) == 1 and stale[0].endswith(".bcc-tmp") and f".{proc.pid}." in stale[0]
+    (cache / "pbc-64px-none-0123456789abcdef.u8.tmp-999999999").write_bytes(b"\0")  # an older version's, dead
+    kept = [cache / f"pbc-64px-none-0123456789abcdef.u8.tmp-{os.getpid()}", cache / "notes.txt"]  # live / not ours
+    for f in kept:
+        f.write_bytes(b"\0")
+    images = build_cache(root, manifest, 64, None, cache, workers=0)
+    assert images.built
+    assert sorted(p.name for p in cache.iterdir()) == sorted([images.file.name, images.file.stem + ".json",
+                                                               *(f.name for f in kept)])

@@ -216,3 +216,95 @@ def test_two_folders_for_one_class_is_an_error(tmp_path):
         (tmp_path / name).mkdir()
     with pytest.raises(ValueError, match="both class 'ig'"):
         scan(tmp_path)
+
+
+# --- truncated JPEG with an end marker appended (review finding 11) -----------------------------
+
+def _cut_with_end_marker(source: Path, target: Path) -> Path:
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) * 6 // 10] + b"\xff\xd9")  # what a cut download "repaired" by a tool looks like
+    return target
+
+
+def test_truncated_jpeg_with_end_marker_is_refused_silently(tmp_path, source_jpg, capfd, monkeypatch):
+    from PIL import ImageFile
+
+    path = _cut_with_end_marker(source_jpg, tmp_path / "cut60.jpg")
+    with pytest.raises(ImageReadError, match=re.escape(path.name)) as info:
+        read_image(path)
+    assert info.value.reason.startswith("truncated JPEG")
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # a notebook may have switched Pillow to lenient
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the user's setting is restored
+    assert "Corrupt JPEG" not in capfd.readouterr().err  # libjpeg's anonymous warning never reaches stderr
+
+
+def test_truncated_jpeg_with_end_marker_is_skipped_by_scan(tmp_path, sample_root):
+    root = tmp_path / "data"
+    for label in CLASSES:
+        (root / label).mkdir(parents=True)
+        for src in _real_jpgs(sample_root, label, 1):
+            shutil.copy(src, root / label / src.name)
+    victim = _real_jpgs(sample_root, "eosinophil", 2)[1]
+    _cut_with_end_marker(victim, root / "eosinophil" / victim.name)
+    with pytest.warns(DataWarning, match=re.escape(victim.name) + ".*truncated"):
+        result = scan(root)
+    assert [s["path"] for s in result.skipped] == [f"eosinophil/{victim.name}"]
+    assert len(result.records) == len(CLASSES)
+
+
+def test_complete_jpegs_decode_to_opencvs_pixels(tmp_path, sample_root):
+    """The strict decoder must not change a single pixel, nor refuse any layout it does not handle itself."""
+    files = [p for label in CLASSES for p in _real_jpgs(sample_root, label, 3)]
+    for path in files:
+        assert np.array_equal(read_image(path), cv2.imread(str(path))[:, :, ::-1]), path.name
+    rgb = np.asarray(Image.open(files[0]).convert("RGB"))
+    variants = {"progressive": {"progressive": True}, "444": {"subsampling": 0},
+                "restart": {"restart_marker_blocks": 4}, "optimised": {"optimize": True}}
+    for name, options in variants.items():
+        Image.fromarray(rgb).save(tmp_path / f"{name}.jpg", quality=90, **options)
+        ref = cv2.imread(str(tmp_path / f"{name}.jpg"))[:, :, ::-1]
+        assert np.array_equal(read_image(tmp_path / f"{name}.jpg"), ref), name
+        if name != "progressive":  # its scans must all be read: only the missing end marker is detected there
+            with pytest.raises(ImageReadError, match="truncated"):
+                read_image(_cut_with_end_marker(tmp_path / f"{name}.jpg", tmp_path / f"{name}-cut.jpg"))
+
+
+# --- decoy folders and missing classes (review finding 10) --------------------------------------
+
+def test_decoy_class_folder_is_not_taken_for_the_dataset(tmp_path, sample_root):
+    top = tmp_path / "download"
+    decoy = top / "neutrophil"  # e.g. a few examples saved beside the extracted archive
+    decoy.mkdir(parents=True)
+    for src in _real_jpgs(sample_root, "neutrophil", 2):
+        shutil.copy(src, decoy / src.name)
+    real = top / "PBC_dataset_normal_DIB"
+    for label in CLASSES:
+        (real / label).mkdir(parents=True)
+        for src in _real_jpgs(sample_root, label, 1):
+            shutil.copy(src, real / label / src.name)
+    assert locate_root(top) == real
+    assert set(scan(top).records["label"]) == set(CLASSES)
+
+
+def test_require_classes(tmp_path, sample_root):
+    from bcc_utils.data import require_classes
+
+    root = tmp_path / "data"
+    for label in CLASSES:
+        (root / label).mkdir(parents=True)
+        for src in _real_jpgs(sample_root, label, 1):
+            shutil.copy(src, root / label / src.name)
+    assert require_classes(tmp_path) == []
+    shutil.rmtree(root / "basophil")
+    shutil.rmtree(root / "ig")
+    message = f"{root} has no folder for: basophil, ig; pass --allow-missing-classes to train anyway"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        require_classes(root)
+    for f in (root / "platelet").iterdir():
+        f.unlink()
+    with pytest.raises(ValueError, match="no folder for: basophil, ig and an empty folder for: platelet"):
+        require_classes(root)
+    with pytest.warns(DataWarning, match="basophil, ig"):
+        assert require_classes(root, allow_missing=True) == ["basophil", "ig", "platelet"]

@@ -247,3 +247,67 @@ def test_unknown_source_and_size(tmp_path):
         download("imagenet", tmp_path)
     with pytest.raises(ValueError, match="size"):
         download("bloodmnist", tmp_path, size=32)
+
+
+# --- only verified downloads are used without being named (review finding 6) ----------------------
+
+def test_failed_verification_is_neither_installed_nor_found(pbc_zip, tmp_path, monkeypatch):
+    from bcc_utils.data import locate_root
+    from bcc_utils.paths import find_data_dir
+
+    monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("BCC_DATA_DIR", raising=False)
+    dest = tmp_path / "cache" / "pbc"
+    with pytest.raises(RuntimeError, match="does not match the original PBC archive") as info:
+        download("pbc", url=pbc_zip, retries=0)  # the real counts: the small archive fails them
+    kept = dest / ".unverified" / "PBC_dataset_normal_DIB"
+    assert f"BCC_DATA_DIR={kept}" in str(info.value) and sorted(p.name for p in kept.iterdir()) == sorted(CLASSES)
+    with pytest.raises(FileNotFoundError, match="No class folders"):
+        locate_root(dest)  # nothing was published where audit/train look
+    assert not (dest / ".verified").exists() and not list(dest.glob(".extracting*"))
+    with pytest.raises(FileNotFoundError, match="not verified") as info:
+        find_data_dir()
+    assert "download pbc" in str(info.value)
+
+
+def test_verified_download_is_marked_and_found(pbc_zip, small_counts, tmp_path, monkeypatch):
+    import json
+
+    from bcc_utils.paths import find_data_dir
+
+    monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("BCC_DATA_DIR", raising=False)
+    dest = tmp_path / "cache" / "pbc"
+    (dest / ".extracting.999999999.0123abcd" / "junk").mkdir(parents=True)  # left by a run that was killed
+    (dest / ".unverified").mkdir()  # an earlier failed attempt
+    root = download("pbc", url=pbc_zip, retries=0)
+    marker = json.loads((dest / ".verified").read_text())
+    assert marker["source"] == "pbc" and marker["root"] == "PBC_dataset_normal_DIB"
+    assert marker["files"] == PER_CLASS * len(CLASSES)
+    assert sorted(p.name for p in dest.iterdir()) == [".verified", "PBC_dataset_normal_DIB"]
+    assert find_data_dir() == dest and root.parent == dest
+    # files removed by hand afterwards: the next check refuses the folder and takes the mark away
+    next(root.glob("basophil/*.jpg")).unlink()
+    with pytest.raises(RuntimeError, match="does not match"):
+        download("pbc", url=pbc_zip, retries=0)
+    assert not (dest / ".verified").exists()
+    with pytest.raises(FileNotFoundError, match="not verified"):
+        find_data_dir()
+
+
+def test_kaggle_download_marked_only_when_counts_match(tmp_path, sample_root, monkeypatch, small_counts):
+    from bcc_utils.paths import find_data_dir
+
+    monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("BCC_DATA_DIR", raising=False)
+    monkeypatch.delenv("KAGGLEHUB_CACHE", raising=False)
+    dest = tmp_path / "cache" / "kaggle"
+    tree = _kaggle_tree(dest, sample_root)  # kagglehub writes into KAGGLEHUB_CACHE, i.e. dest
+    _fake_kagglehub(monkeypatch, result=tree)
+    download("kaggle")
+    assert (dest / ".verified").is_file() and find_data_dir() == dest
+    monkeypatch.setitem(SOURCES["kaggle"], "class_counts", {c: PER_CLASS + 1 for c in CLASSES})
+    with pytest.warns(DataWarning, match="not marked as verified"):
+        download("kaggle")
+    with pytest.raises(FileNotFoundError, match="not verified"):
+        find_data_dir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 
 import numpy as np
@@ -132,3 +133,39 @@ def test_dataset_with_albumentations_and_dataloader(manifest, sample_root):
     assert image.shape == (32, 48, 3) and image.dtype == np.uint8
     batch, labels = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert tuple(batch.shape) == (4, 32, 48, 3) and labels.dtype == torch.int64
+
+
+@pytest.fixture
+def data_with_outside_file(sample_root, tmp_path):
+    """A data folder of real images, and a real image beside it (outside it)."""
+    root = tmp_path / "data"
+    rows = []
+    for label in CLASSES:
+        src = min(p for p in (sample_root / label).iterdir() if not p.name.startswith("."))
+        (root / label).mkdir(parents=True)
+        (root / label / src.name).write_bytes(src.read_bytes())
+        rows.append((f"{label}/{src.name}", label, "train"))
+    outside = tmp_path / "private" / "secret.jpg"
+    outside.parent.mkdir()
+    outside.write_bytes((root / rows[0][0]).read_bytes())
+    return root, pd.DataFrame(rows, columns=["path", "label", "split"]), outside
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "backslashes"])
+def test_manifest_paths_outside_the_data_folder_are_refused(data_with_outside_file, tmp_path, kind):
+    from bcc_utils.cache import build_cache
+
+    root, good, outside = data_with_outside_file
+    bad_path = {"dotdot": "basophil/../../private/secret.jpg", "absolute": str(outside),
+                "backslashes": "basophil\\..\\..\\private\\secret.jpg"}[kind]
+    bad = pd.concat([good, pd.DataFrame([(bad_path, "basophil", "train")], columns=good.columns)])
+    csv = tmp_path / "bad.csv"
+    csv.write_bytes(b"path,label,split\n" + "".join(f"{p},{l},{s}\n" for p, l, s in bad.values).encode())
+    with pytest.raises(ValueError, match=re.escape(repr(bad_path))):
+        load_manifest(csv)
+    with pytest.raises(ValueError, match="relative to the data folder"):
+        PBCDataset(root, bad, "train")  # a manifest embedded in a checkpoint arrives as a DataFrame
+    with pytest.raises(ValueError, match=re.escape(repr(bad_path))):
+        build_cache(root, bad, 32, None, tmp_path / "cache", workers=0)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+    assert len(PBCDataset(root, good, "train")) == len(CLASSES)  # inside paths still work

@@ -20,17 +20,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bcc_utils.data.audit import audit, format_audit
-from bcc_utils.data.locate import DataWarning, locate_root
+from bcc_utils.data.locate import DataWarning, locate_root, require_classes
 from bcc_utils.data.scan import ImageReadError, ScanResult, read_image, scan
 from bcc_utils.data.sources import SOURCES, download, read_bloodmnist
-from bcc_utils.data.split import (LeakError, check_no_leak, load_manifest, make_split, manifest_hash,
-                                  save_manifest, split_counts)
+from bcc_utils.data.split import (LeakError, check_manifest_paths, check_no_leak, load_manifest, make_split,
+                                  manifest_hash, save_manifest, split_counts)
 
 if TYPE_CHECKING:  # pragma: no cover
     from bcc_utils.data.dataset import PBCDataset
 
 __all__ = [
-    "locate_root", "read_image", "ImageReadError", "scan", "ScanResult", "audit", "format_audit",
+    "locate_root", "require_classes", "check_manifest_paths", "read_image", "ImageReadError", "scan", "ScanResult", "audit", "format_audit",
     "make_split", "save_manifest", "load_manifest", "manifest_hash", "check_no_leak", "split_counts",
     "LeakError", "DataWarning", "PBCDataset", "SOURCES", "download", "read_bloodmnist",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from bcc_utils.cli import warnings_to_stderr
@@ -23,9 +22,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         report = audit(_data_dir(args.data_dir))
     print(format_audit(report))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        from bcc_utils.atomic import write_json
+
+        path = write_json(report, args.json)
         print(f"audit written to {path}")
     return 0
 

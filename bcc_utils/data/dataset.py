@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from bcc_utils.data.locate import locate_root
 from bcc_utils.data.scan import read_image
-from bcc_utils.data.split import SPLITS, load_manifest
+from bcc_utils.data.split import SPLITS, check_manifest_paths, load_manifest
 from bcc_utils.paths import CLASSES
 
 
@@ -35,6 +35,12 @@ class PBCDataset(Dataset):
         is called as ``transform(image=image)["image"]``; any other callable as
         ``transform(image)``.
 
+    Raises
+    ------
+    ValueError
+        For an unknown split or class name, or a manifest path outside ``root``
+        (see :func:`~bcc_utils.data.split.check_manifest_paths`).
+
     Attributes
     ----------
     paths : list of str
@@ -49,6 +55,7 @@ class PBCDataset(Dataset):
                  split: str | None, transform: Callable | None = None):
         self.root = locate_root(root)
         df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
+        check_manifest_paths(df)
         if split is not None:
             if split not in SPLITS:
                 raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")

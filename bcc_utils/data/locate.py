@@ -48,8 +48,8 @@ def _subdirs(path: Path) -> list[Path]:
     ]
 
 
-def _holds_classes(path: Path) -> bool:
-    return any(normalise_class_name(d.name) in CLASSES for d in _subdirs(path))
+def _class_count(path: Path) -> int:
+    return len({normalise_class_name(d.name) for d in _subdirs(path)} & set(CLASSES))
 
 
 def locate_root(path: str | os.PathLike) -> Path:
@@ -65,7 +65,9 @@ def locate_root(path: str | os.PathLike) -> Path:
     Returns
     -------
     Path
-        The shallowest folder below ``path`` with at least one class folder.
+        Of the folders below ``path`` holding class folders, the one with the most
+        of them; among equals, the shallowest. A stray ``neutrophil/`` folder beside
+        the real dataset is therefore not mistaken for it.
 
     Raises
     ------
@@ -74,7 +76,7 @@ def locate_root(path: str | os.PathLike) -> Path:
     NotADirectoryError
         If ``path`` is a file (e.g. a zip that still needs extracting).
     ValueError
-        If two different folders at the same depth both hold class folders.
+        If two different folders at the same depth hold that many class folders.
     """
     start = Path(path).expanduser()
     if not start.exists():
@@ -84,20 +86,74 @@ def locate_root(path: str | os.PathLike) -> Path:
             f"{start} is a file, not a folder; extract it first (the folder must contain "
             f"the class folders {', '.join(CLASSES)})."
         )
+    best, best_count = [], 0
     level = [start]
     for _ in range(MAX_DEPTH + 1):
-        found = [p for p in level if _holds_classes(p)]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            listing = "\n  ".join(str(p) for p in found)
-            raise ValueError(f"Several dataset folders below {start}; pass one of them:\n  {listing}")
-        level = [d for p in level for d in _subdirs(p)]
+        for folder in level:
+            count = _class_count(folder)
+            if count > best_count:
+                best, best_count = [folder], count
+            elif count and count == best_count and best and len(best[0].parts) == len(folder.parts):
+                best.append(folder)
+        if best_count == len(CLASSES):
+            break  # nothing deeper can hold more, and the shallower one wins a tie
+        # class folders hold images, not datasets: do not descend into them
+        level = [d for p in level for d in _subdirs(p) if normalise_class_name(d.name) not in CLASSES]
         if not level:
             break
+    if len(best) > 1:
+        listing = "\n  ".join(str(p) for p in best)
+        raise ValueError(f"Several dataset folders below {start}; pass one of them:\n  {listing}")
+    if best:
+        return best[0]
     raise FileNotFoundError(
         f"No class folders ({', '.join(CLASSES)}) found in {start} or up to {MAX_DEPTH} levels below it."
     )
+
+
+def require_classes(root: str | os.PathLike, allow_missing: bool = False) -> list[str]:
+    """Check that the dataset has a non-empty folder for every class.
+
+    A model trained without a class never predicts it, and nothing in training
+    says so; so a missing class is an error unless asked for.
+
+    Parameters
+    ----------
+    root
+        Anything :func:`locate_root` accepts.
+    allow_missing
+        Only warn (:class:`DataWarning`) instead of raising.
+
+    Returns
+    -------
+    list of str
+        The classes without images (missing or empty folder); empty when all are there.
+
+    Raises
+    ------
+    ValueError
+        Naming the missing classes, unless ``allow_missing``.
+    """
+    root = locate_root(root)
+    folders, _ = class_folders(root)
+    missing = [c for c in CLASSES if c not in folders]
+    empty = [c for c, folder in folders.items() if not _has_files(folder)]
+    if not missing and not empty:
+        return []
+    parts = ([f"no folder for: {', '.join(missing)}"] if missing else []) + (
+        [f"an empty folder for: {', '.join(empty)}"] if empty else [])
+    message = f"{root} has {' and '.join(parts)}"
+    if not allow_missing:
+        raise ValueError(f"{message}; pass --allow-missing-classes to train anyway")
+    warn(f"{message}; the model will not learn {'these classes' if len(missing + empty) > 1 else 'it'}")
+    return [c for c in CLASSES if c in missing or c in empty]
+
+
+def _has_files(folder: Path) -> bool:
+    for _, _, files in os.walk(folder):
+        if any(not f.startswith(".") for f in files):
+            return True
+    return False
 
 
 def class_folders(root: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:

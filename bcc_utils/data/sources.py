@@ -5,22 +5,37 @@ go to one cache folder (:func:`bcc_utils.paths.cache_dir`, overridable with
 ``$BCC_CACHE_DIR``), are verified (checksum where one is published, file
 counts otherwise) and are restartable: `pooch <https://www.fatiando.org/pooch>`_
 streams to a temporary file, retries failed transfers and only keeps a file
-that passed its checksum (no partial resume). A download that cannot happen
-ends in one :class:`RuntimeError` that explains how to place the files by hand.
+that passed its checksum (no partial resume). The PBC archive is extracted into
+a hidden staging folder and moved into place only once its file counts match;
+a folder that passed is marked with a :data:`VERIFIED_MARKER` file, which
+:func:`bcc_utils.paths.find_data_dir` requires before it uses a download on its
+own. A download that cannot happen ends in one :class:`RuntimeError` that
+explains how to place the files by hand.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 import sys
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from bcc_utils.atomic import write_json
 from bcc_utils.data.locate import class_folders, locate_root, warn
 from bcc_utils.paths import CLASSES, DATA_ENV, cache_dir
+from bcc_utils.workers import pid_alive
+
+#: File in a download folder (``cache_dir() / source``) saying that its contents passed verification.
+VERIFIED_MARKER = ".verified"
+#: Where the files of an archive that failed verification are left (hidden: never found by accident).
+UNVERIFIED_DIR = ".unverified"
+_STAGING_RE = re.compile(r"^\.extracting(?:\.(\d+)\.[0-9a-f]{8})?$")
 
 PBC_CITATION = (
     "A. Acevedo, A. Merino, S. Alférez, Á. Molina, L. Boldú, J. Rodellar, \"A dataset of microscopic "
@@ -164,20 +179,51 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _extract(archive: Path, dest: Path) -> None:
-    """Extract ``archive`` into ``dest`` via a temporary folder (refusing paths that escape it)."""
-    tmp = dest / ".extracting"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(archive) as zf:
-        for member in zf.namelist():
-            target = (tmp / member).resolve()
-            if not target.is_relative_to(tmp.resolve()):
-                raise RuntimeError(f"{archive}: unsafe path in archive: {member}")
-        zf.extractall(tmp)
-    for entry in sorted(tmp.iterdir()):
-        if entry.name != "__MACOSX" and not (dest / entry.name).exists():
-            entry.rename(dest / entry.name)
-    shutil.rmtree(tmp, ignore_errors=True)
+def _extract(archive: Path, dest: Path) -> Path:
+    """Extract ``archive`` into a new hidden staging folder in ``dest`` (refusing paths that escape it); return it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.iterdir():  # staging folders of runs that died (ours by name; a live run's is kept)
+        m = _STAGING_RE.match(old.name)
+        if m and old.is_dir() and (m.group(1) is None or not pid_alive(int(m.group(1)))):
+            shutil.rmtree(old, ignore_errors=True)
+    staging = dest / f".extracting.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                target = (staging / member).resolve()
+                if not target.is_relative_to(staging.resolve()):
+                    raise RuntimeError(f"{archive}: unsafe path in archive: {member}")
+            zf.extractall(staging)
+        shutil.rmtree(staging / "__MACOSX", ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def _publish(staging: Path, dest: Path) -> None:
+    """Move the verified top-level entries of ``staging`` into ``dest`` (renames, same file system).
+
+    Raises
+    ------
+    RuntimeError
+        If ``dest`` already has an entry of that name (never overwritten: it is not ours to delete).
+    """
+    entries = sorted(staging.iterdir())
+    taken = [dest / e.name for e in entries if (dest / e.name).exists()]
+    if taken:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuntimeError(f"Cannot install the verified PBC archive: {taken[0]} is already there (and does not "
+                           "hold the class folders); move it away and run the download again.")
+    for entry in entries:
+        entry.rename(dest / entry.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _mark_verified(source: str, dest: Path, root: Path) -> None:
+    total, _ = count_files(root)
+    write_json({"source": source, "root": root.relative_to(dest).as_posix(), "files": total,
+                "verified": datetime.now(timezone.utc).isoformat(timespec="seconds")}, dest / VERIFIED_MARKER)
 
 
 def _existing_root(dest: Path) -> Path | None:
@@ -190,27 +236,46 @@ def _existing_root(dest: Path) -> Path | None:
 def _download_pbc(dest: Path, url: str, retries: int, progress: bool, keep_archive: bool) -> Path:
     info = SOURCES["pbc"]
     root = _existing_root(dest)
-    if root is None:
-        archive = dest / info["filename"]
-        known = f"sha256:{info['sha256']}" if info["sha256"] else None
+    if root is not None:  # already there (an earlier download, or placed by hand): verify it again
+        problems = verify_folder("pbc", root)
+        if problems:
+            (dest / VERIFIED_MARKER).unlink(missing_ok=True)
+            raise RuntimeError(f"{root} does not match the original PBC archive ({'; '.join(problems)}). "
+                               f"Delete {dest} to download it again, or use the folder anyway by setting "
+                               f"{DATA_ENV}={root}.")
+        _mark_verified("pbc", dest, root)
+        return root
+    (dest / VERIFIED_MARKER).unlink(missing_ok=True)
+    archive = dest / info["filename"]
+    known = f"sha256:{info['sha256']}" if info["sha256"] else None
+    try:
+        archive = _fetch(url, info["filename"], known, dest, retries, progress)
+        staging = _extract(archive, dest)
         try:
-            archive = _fetch(url, info["filename"], known, dest, retries, progress)
-            _extract(archive, dest)
-            root = locate_root(dest)
-        except Exception as exc:  # noqa: BLE001 - offline, HTTP errors, bad zip: one clear message
-            if isinstance(exc, zipfile.BadZipFile):
-                archive.unlink(missing_ok=True)  # never reuse a broken archive
-            raise RuntimeError(f"Could not download the PBC archive from {url}: {_why(exc)}.\n"
-                               f"{manual_instructions('pbc', dest)}") from exc
-        problems = verify_folder("pbc", root)
-        if not problems and not keep_archive:
-            archive.unlink(missing_ok=True)
-    else:
-        problems = verify_folder("pbc", root)
-    if problems:
-        raise RuntimeError(f"{root} does not match the original PBC archive ({'; '.join(problems)}). "
-                           f"Delete {dest} to download it again, or use the folder anyway by setting "
-                           f"{DATA_ENV}={root}.")
+            staged_root = locate_root(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    except Exception as exc:  # noqa: BLE001 - offline, HTTP errors, bad zip: one clear message
+        if isinstance(exc, zipfile.BadZipFile):
+            archive.unlink(missing_ok=True)  # never reuse a broken archive
+        raise RuntimeError(f"Could not download the PBC archive from {url}: {_why(exc)}.\n"
+                           f"{manual_instructions('pbc', dest)}") from exc
+    problems = verify_folder("pbc", staged_root)
+    if problems:  # keep the files for a look, where no lookup finds them
+        unverified = dest / UNVERIFIED_DIR
+        shutil.rmtree(unverified, ignore_errors=True)
+        staging.rename(unverified)
+        kept = unverified / staged_root.relative_to(staging)
+        raise RuntimeError(f"The downloaded archive does not match the original PBC archive "
+                           f"({'; '.join(problems)}), so it was not installed. Its files are in {kept}: "
+                           f"use them anyway by setting {DATA_ENV}={kept}, or delete {dest} to download again.")
+    _publish(staging, dest)
+    root = dest / staged_root.relative_to(staging)
+    _mark_verified("pbc", dest, root)
+    shutil.rmtree(dest / UNVERIFIED_DIR, ignore_errors=True)  # an older failed attempt
+    if not keep_archive:
+        archive.unlink(missing_ok=True)
     return root
 
 
@@ -234,8 +299,14 @@ def _download_kaggle(dest: Path) -> Path:
             if saved is None:
                 del os.environ["KAGGLEHUB_CACHE"]
     problems = verify_folder("kaggle", root)
-    if problems:  # we could not inspect the mirror ourselves: report, do not refuse
-        warn(f"{root}: the Kaggle copy differs from the original archive's counts: {'; '.join(problems)}")
+    inside = root.resolve().is_relative_to(dest.resolve())  # else kagglehub kept it in the user's own cache
+    if problems:  # we could not inspect the mirror ourselves: report, do not refuse, but do not mark it
+        if inside:
+            (dest / VERIFIED_MARKER).unlink(missing_ok=True)
+        warn(f"{root}: the Kaggle copy differs from the original archive's counts: {'; '.join(problems)}; "
+             f"it is not marked as verified, so pass it explicitly (--data-dir or {DATA_ENV}={root})")
+    elif inside:
+        _mark_verified("kaggle", dest, root)
     return root
 
 
@@ -263,7 +334,10 @@ def download(source: str, dest: str | os.PathLike | None = None, *, url: str | N
     Returns
     -------
     Path
-        The folder holding the class folders, or the ``.npz`` file for BloodMNIST.
+        The folder holding the class folders, or the ``.npz`` file for BloodMNIST. A folder
+        that passed verification is marked (:data:`VERIFIED_MARKER` in ``dest``), which
+        :func:`bcc_utils.paths.find_data_dir` requires; a PBC archive that fails it is not
+        installed (its files stay in ``dest/.unverified`` for a look).
 
     Raises
     ------

@@ -26,11 +26,12 @@ import hashlib
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
 
+from bcc_utils.atomic import write_bytes
 from bcc_utils.data.audit import as_scan
 from bcc_utils.data.locate import locate_root, normalise_class_name
 from bcc_utils.data.scan import ScanResult
@@ -137,17 +138,56 @@ def manifest_hash(df: pd.DataFrame) -> str:
 
 def save_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the canonical CSV of ``df`` to ``path`` (folders created); return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(manifest_bytes(df))
-    return path
+    return write_bytes(manifest_bytes(df), path)
+
+
+def _outside_reason(path: str) -> str | None:
+    """Why ``path`` could point outside the data folder (None when it cannot)."""
+    if not path.strip():
+        return "is empty"
+    win = PureWindowsPath(path)  # reads both separators, drives and UNC shares
+    if win.drive:
+        return "names a drive or share"
+    if win.root or PurePosixPath(path).is_absolute():
+        return "is absolute"
+    if ".." in win.parts:
+        return "has a '..' part"
+    return None
+
+
+def check_manifest_paths(df: pd.DataFrame, source: str | os.PathLike | None = None) -> None:
+    """Refuse manifest paths that could read files outside the data folder.
+
+    Every ``path`` must be relative to the data folder: not absolute, no drive or
+    share (``C:``, ``\\\\server``), no ``..`` part. A manifest is data (a CSV, or
+    the copy inside a checkpoint someone sent you), so it is checked before any file is read.
+
+    Parameters
+    ----------
+    df
+        A manifest with a ``path`` column.
+    source
+        Where the manifest came from, for the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the first bad path (and how many there are).
+    """
+    bad = [(p, why) for p in df["path"].astype(str) if (why := _outside_reason(p))]
+    if bad:
+        where = f"{source}: " if source is not None else ""
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(f"{where}manifest path {bad[0][0]!r} {bad[0][1]}{more}; manifest paths must be "
+                         "relative to the data folder, without '..'")
 
 
 def load_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a manifest CSV written by :func:`save_manifest`, checking its columns and values."""
+    """Read a manifest CSV written by :func:`save_manifest`, checking its columns, values and paths."""
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     if list(df.columns) != MANIFEST_COLUMNS:
         raise ValueError(f"{path}: expected columns {MANIFEST_COLUMNS}, found {list(df.columns)}")
+    check_manifest_paths(df, path)
     bad_split = sorted(set(df["split"]) - set(SPLITS))
     bad_label = sorted(set(df["label"]) - set(CLASSES))
     if bad_split or bad_label:
