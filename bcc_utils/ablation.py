@@ -39,6 +39,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "balance_loss": ("the balanced sampler (keeps the weighted loss)", {"balance": "loss"}),
 }
 
+#: Folder (inside the results folder) of the claims that stop two processes from training one run.
+CLAIMS = ".claims"
+
 #: The full pipeline on each kind of hardware; variants only switch components off.
 BASES: dict[str, dict] = {
     # The classroom CPU budget: offline ImageNet Lite0 at 96 px with the first 4 of 7 stages frozen, one epoch
@@ -100,8 +103,10 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
     Path
         ``results_dir``. Re-running continues an interrupted grid: finished runs are skipped.
     """
-    from bcc_utils.metrics import hardware_info, write_json
-    from bcc_utils.notebook import train_or_load
+    from bcc_utils.atomic import try_claim, update_json, write_json
+    from bcc_utils.device import resolve_device
+    from bcc_utils.metrics import hardware_info
+    from bcc_utils.train import train_or_load
 
     variants = list(VARIANTS) if variants is None else list(variants)
     for v in variants:
@@ -113,34 +118,48 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
     grid_file = results / "ablation.json"
     if grid_file.exists() and json.loads(grid_file.read_text())["base_config"] != base_cfg.to_dict():
         raise ValueError(f"{grid_file} holds a grid with a different base config; use another results_dir")
-    import torch
-
-    device = torch.device("cuda" if base_cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if base_cfg.device == "auto" else base_cfg.device)
+    device = resolve_device(base_cfg.device)
     todo = [(s, v) for s in seeds for v in variants if not (results / f"{v}-s{s}.json").exists()]
     log(f"ablation: {len(variants) * len(seeds) - len(todo)} of {len(variants) * len(seeds)} runs done; "
         f"{len(todo)} to train")
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    trained = []
     with warnings.catch_warnings():
         warnings.simplefilter("once", DataWarning)  # every run scans the same data: say each problem once
         for i, (seed, v) in enumerate(todo, 1):
-            cfg = variant_config(v, base_cfg, seed)
-            run_dir = train_or_load(cfg, data_dir, runs / f"{v}-s{seed}", progress=progress, cache_dir=cache_dir)
-            record = run_record(run_dir, v, seed)
-            write_json(record, results / f"{v}-s{seed}.json")
+            name = f"{v}-s{seed}"
+            claim = results / CLAIMS / f"{name}.claim"
+            # several processes or machines may share this folder: each run is trained by the one that claims it
+            if (results / f"{name}.json").exists() or not try_claim(claim):
+                log(f"[{i}/{len(todo)}] {v} seed {seed}: done or being trained by another process, skipped")
+                continue
+            try:
+                if (results / f"{name}.json").exists():  # finished between our look and our claim
+                    continue
+                cfg = variant_config(v, base_cfg, seed)
+                run_dir = train_or_load(cfg, data_dir, runs / name, progress=progress, cache_dir=cache_dir)
+                record = run_record(run_dir, v, seed)
+                write_json(record, results / f"{name}.json")
+                trained.append(name)
+            finally:
+                claim.unlink(missing_ok=True)
             log(f"[{i}/{len(todo)}] {v} seed {seed}: test accuracy {record['accuracy']:.4f} "
                 f"({record['total_s']:.0f} s)")
-    # re-read just before writing: another process may have run other seeds into the same folder meanwhile
-    grid = json.loads(grid_file.read_text()) if grid_file.exists() else {"invocations": []}
-    grid.update({
-        "schema_version": 1, "base": base, "base_config": base_cfg.to_dict(),
-        "variants": {v: {"removes": VARIANTS[v][0], "overrides": VARIANTS[v][1]} for v in VARIANTS},
-    })
-    grid["invocations"].append({
+    invocation = {
         "command": command or _command(base, variants, seeds, overrides), "seeds": seeds, "variants": variants,
-        "runs_trained": len(todo), "started": started, "wall_s": round(time.perf_counter() - t0, 1),
-        "hardware": hardware_info(device)})
-    write_json(grid, grid_file)
+        "runs_trained": len(trained), "runs": trained, "started": started,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "hardware": hardware_info(device)}
+
+    def add_invocation(grid: dict) -> None:  # under a lock: other processes may share this results folder
+        grid.setdefault("invocations", [])
+        grid.update({
+            "schema_version": 1, "base": base, "base_config": base_cfg.to_dict(),
+            "variants": {v: {"removes": VARIANTS[v][0], "overrides": VARIANTS[v][1]} for v in VARIANTS},
+        })
+        grid["invocations"].append(invocation)
+
+    update_json(grid_file, add_invocation)
     return results
 
 
@@ -156,9 +175,11 @@ def run_record(run_dir: str | os.PathLike, variant: str, seed: int) -> dict:
     """The small JSON kept for one ablation run: metrics, timing and the test predictions (class indices)."""
     import pandas as pd
 
+    from bcc_utils.run import METRICS, PREDICTIONS
+
     run_dir = Path(run_dir)
-    m = json.loads((run_dir / "metrics.json").read_text())
-    pred = pd.read_csv(run_dir / "predictions.csv")
+    m = json.loads((run_dir / METRICS).read_text())
+    pred = pd.read_csv(run_dir / PREDICTIONS)
     classes = m["classes"]
     return {
         "schema_version": 1, "variant": variant, "seed": seed, "removes": VARIANTS[variant][0],

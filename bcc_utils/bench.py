@@ -20,7 +20,6 @@ whose decode + CLAHE is cheap.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -244,8 +243,9 @@ def _handler(args: argparse.Namespace) -> int:
     for key, value in result.get("profile_ms", {}).items():
         print(f"    {key:28s} {value:7.3f} ms/img")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        from bcc_utils.atomic import write_json
+
+        write_json(result, args.json)
         print(f"  written to {args.json}")
     return 0
 

@@ -15,14 +15,17 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-CALIBRATION_FILE = "calibration.json"
+from bcc_utils.run import CALIBRATION as CALIBRATION_FILE
+from bcc_utils.run import load_temperature
+
+#: The search interval of the temperature; a fit on its edge means the search, not the data, decided.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
 def _check(prob: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +92,7 @@ def scaled_proba(logits, temperature: float = 1.0) -> np.ndarray:
     return views_to_proba(_views(logits), temperature, dtype=torch.float64)
 
 
-def fit_temperature(logits, y, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+def fit_temperature(logits, y, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """The temperature ``T`` minimising the NLL of ``softmax(logits / T)`` (one-dimensional, bounded search).
 
     Parameters
@@ -100,7 +103,8 @@ def fit_temperature(logits, y, bounds: tuple[float, float] = (0.05, 20.0)) -> fl
     y
         N true class indices — of the *validation* split, never the test split.
     bounds
-        Search interval for ``T``.
+        Search interval for ``T``. A result within 1 % of either end is returned with a warning: the
+        bound, not the data, chose it (e.g. a model that is right or wrong with near-certainty).
     """
     from scipy.optimize import minimize_scalar
 
@@ -109,7 +113,11 @@ def fit_temperature(logits, y, bounds: tuple[float, float] = (0.05, 20.0)) -> fl
         raise ValueError(f"{z.shape[1]} logits rows but {len(y)} labels")
     res = minimize_scalar(lambda log_t: nll(scaled_proba(z, np.exp(log_t)), y), method="bounded",
                           bounds=tuple(np.log(bounds)), options={"xatol": 1e-4})
-    return float(np.exp(res.x))
+    t = float(np.exp(res.x))
+    if t <= bounds[0] * 1.01 or t >= bounds[1] / 1.01:
+        warnings.warn(f"the fitted temperature {t:.3g} lies on the search bound {bounds}: the NLL keeps falling "
+                      "beyond it, so this value is not a fit; check the logits and labels", stacklevel=2)
+    return t
 
 
 def selective_curve(prob, y):
@@ -180,7 +188,9 @@ def split_logits(checkpoint, data_dir=None, splits=("val", "test"), tta: str = "
     the TTA predictions.
     """
     from bcc_utils.config import TrainConfig
-    from bcc_utils.inference import amp_dtype, load_with_images, predict_logits, resolve_device
+    from bcc_utils.device import amp_dtype, resolve_device
+    from bcc_utils.inference import predict_logits
+    from bcc_utils.run import load_with_images
 
     dev = resolve_device(device)
     model, ckpt, images, manifest = load_with_images(checkpoint, data_dir, cache_dir, dev, progress)
@@ -243,7 +253,7 @@ def calibrate_run(checkpoint, data_dir=None, n_bins: int = 15, cache_dir=None, d
         notebook can draw the figures without running the model again.
     """
     from bcc_utils.checkpoint import load_checkpoint
-    from bcc_utils.metrics import write_json
+    from bcc_utils.run import write_calibration
 
     checkpoint = Path(checkpoint)
     ckpt_tta = load_checkpoint(checkpoint)["config"]["tta"]
@@ -260,20 +270,8 @@ def calibrate_run(checkpoint, data_dir=None, n_bins: int = 15, cache_dir=None, d
         report[split] = {"n": int(len(y)), "before": summary(scaled_proba(views(z)), y, n_bins),
                          "after": summary(scaled_proba(views(z), t), y, n_bins)}
     if write:
-        write_json(report, checkpoint.parent / CALIBRATION_FILE)
+        write_calibration(report, checkpoint)
     return {**report, "logits": logits}
-
-
-def load_temperature(checkpoint_or_run_dir: str | os.PathLike) -> float:
-    """The fitted temperature in the run folder's ``calibration.json`` (1.0 when there is none)."""
-    p = Path(checkpoint_or_run_dir)
-    f = (p if p.is_dir() else p.parent) / CALIBRATION_FILE
-    if not f.is_file():
-        return 1.0
-    t = float(json.loads(f.read_text(encoding="utf-8"))["temperature"])
-    if not t > 0:
-        raise ValueError(f"{f}: temperature must be > 0, got {t}")
-    return t
 
 
 __all__ = ["reliability_table", "ece", "nll", "scaled_proba", "fit_temperature", "selective_curve",

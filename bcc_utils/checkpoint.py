@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,33 +31,79 @@ FORMAT = "bcc-checkpoint-1"
 
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """``torch.save`` to a unique temporary file beside ``path``, fsync, then ``os.replace`` (atomic)."""
+    from bcc_utils.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
+
+
+def _read_error(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, in one line (torch's advice is to unpickle anyway)."""
+    text = str(exc)
+    if "Weights only load failed" in text or "Unsupported global" in text or "UnpicklingError" in type(exc).__name__:
+        if path.stat().st_size and not zipfile.is_zipfile(path) and _looks_like_text(path):
+            return "it is a text file, not a PyTorch checkpoint"
+        return "refused: the file holds Python objects, not only tensors (only plain checkpoints are loaded)"
+    if "zip archive" in text or "central directory" in text or "invalid load key" in text or "EOF" in text:
+        return "it is not a PyTorch checkpoint, or it is truncated"
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _looks_like_text(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    return b"\0" not in head and all(32 <= b < 127 or b in b"\t\r\n" for b in head[:64])
+
+
+def _check_fields(path: Path, ckpt: dict) -> None:
+    """Fields a loader trusts, checked once here so that a damaged file gives one line naming it."""
+    import math
+
+    from bcc_utils.config import TrainConfig
+    from bcc_utils.paths import CLASSES
+
+    missing = [k for k in ("model", "config", "classes", "norm", "manifest", "manifest_hash", "epoch") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    if list(ckpt["classes"]) != list(CLASSES):
+        raise ValueError(f"{path}: classes {list(ckpt['classes'])} are not the library's label order "
+                         f"{list(CLASSES)}; the file was not written by 'bcc_utils train' or was altered")
+    norm = ckpt["norm"]
+    try:
+        mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: 'norm' must hold 'mean' and 'std', three numbers each") from None
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ValueError(f"{path}: 'norm' must hold three finite means and three stds > 0, got {norm}")
+    try:
+        TrainConfig.from_dict(ckpt["config"])  # covers CLAHE settings, sizes, TTA
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: its config is not valid: {exc}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; clear errors for missing or foreign files."""
+    """Load a checkpoint with ``weights_only=True`` and check the fields other code relies on.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        One line naming the file: missing, empty, not a checkpoint, holding Python objects, damaged fields.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"Cannot read checkpoint {path}: the file is empty (0 bytes)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"Cannot read checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign files; all mean "not ours"
+        raise ValueError(f"Cannot read checkpoint {path}: {_read_error(path, exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a bcc training checkpoint (expected format {FORMAT})")
+    _check_fields(path, ckpt)
     return ckpt
 
 

@@ -36,6 +36,17 @@ def warnings_to_stderr():
                     print(f"warning: {w.message}", file=sys.stderr)
 
 
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer >= 1 (argparse turns the error into one usage line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
@@ -55,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status = args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # clear one-line errors for users
+    except (OSError, ValueError, RuntimeError) as exc:  # clear one-line errors for users
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return int(status or 0)
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 
@@ -143,6 +144,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.split_fractions = tuple(float(f) for f in self.split_fractions)
+        for f in dataclasses.fields(self):  # inf or nan trains to NaN and would be saved as a result
+            values = getattr(self, f.name)
+            for v in values if isinstance(values, tuple) else (values,):
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ValueError(f"{f.name} must be a finite number, got {v}")
         choices = (("augment", AUGMENTS), ("balance", BALANCES), ("scheduler", SCHEDULERS), ("tta", TTAS),
                    ("amp", AMPS), ("optimizer", ("adamw", "sgd")))
         for name, allowed in choices:
@@ -164,6 +170,16 @@ class TrainConfig:
                 raise ValueError(f"augment_disable only applies to augment='paper', not {self.augment!r}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ValueError(f"split_fractions must be three numbers summing to 1, got {self.split_fractions}")
+        if self.clahe:
+            self.clahe_settings()  # bad CLAHE settings fail here, before any folder is touched
+
+    def clahe_settings(self):
+        """The run's :class:`~bcc_utils.preprocess.ClaheSettings`, or ``None`` without CLAHE."""
+        from bcc_utils.preprocess import ClaheSettings
+
+        if not self.clahe:
+            return None
+        return ClaheSettings(self.clahe_clip_limit, self.clahe_tile_grid_size, self.clahe_space)
 
     @property
     def disabled_components(self) -> list[str]:

@@ -280,11 +280,10 @@ def overlay(rgb_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.n
 def model_views(ckpt: dict, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(original resized, model input)`` of a decoded RGB image: the run's size, the input with its CLAHE."""
     from bcc_utils.config import TrainConfig
-    from bcc_utils.inference import clahe_settings
     from bcc_utils.preprocess import preprocess_image, resize_square
 
     cfg = TrainConfig.from_dict(ckpt["config"])
-    return resize_square(rgb, cfg.img_size), preprocess_image(rgb, cfg.img_size, clahe_settings(cfg))
+    return resize_square(rgb, cfg.img_size), preprocess_image(rgb, cfg.img_size, cfg.clahe_settings())
 
 
 def pick_examples(predictions, per_class: int = 1, pair: tuple[str, str] = ("ig", "neutrophil")):

@@ -32,7 +32,7 @@ def plot_cam_gallery(model, ckpt: dict, examples, data_dir, methods: Sequence[st
     Parameters
     ----------
     model, ckpt
-        From :func:`bcc_utils.inference.load_model`.
+        From :func:`bcc_utils.run.load_model`.
     examples
         Rows of ``predictions.csv`` (``path``, ``label``, ``pred``, ``confidence``; an optional ``kind``),
         e.g. from :func:`bcc_utils.explain.pick_examples`.

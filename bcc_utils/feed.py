@@ -18,18 +18,18 @@ import torch
 
 from bcc_utils.batches import MemoryBatches
 from bcc_utils.config import TrainConfig
-from bcc_utils.inference import clahe_settings
 from bcc_utils.paths import CLASSES
 
 
 class RunData:
     """Preprocessed images (cache) and per-split rows and labels of one run."""
 
-    def __init__(self, cfg: TrainConfig, root: Path, manifest, cache_dir, progress: bool):
+    def __init__(self, cfg: TrainConfig, root: Path, manifest, cache_dir, progress: bool, rebuild: bool = False):
         from bcc_utils.cache import build_cache
 
         self.manifest = manifest
-        self.images = build_cache(root, manifest, cfg.img_size, clahe_settings(cfg), cache_dir, progress=progress)
+        self.images = build_cache(root, manifest, cfg.img_size, cfg.clahe_settings(), cache_dir, progress=progress,
+                                  rebuild=rebuild)
         self.rows, self.labels = {}, {}
         for split in ("train", "val", "test"):
             part = manifest[manifest["split"] == split]
@@ -39,13 +39,32 @@ class RunData:
             raise ValueError("the train and val splits must not be empty (dataset too small?)")
 
 
-def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: torch.Generator, memory):
-    """An iterable of uint8 (x, y) batches for one epoch (in-memory path or DataLoader path)."""
+def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: torch.Generator, memory,
+                  rank: int = 0, world: int = 1):
+    """An iterable of uint8 (x, y) batches for one epoch (in-memory path or DataLoader path).
+
+    With ``world`` > 1 processes (:mod:`bcc_utils.distributed`) every process draws the same order from
+    ``g`` and keeps its shard; ``cfg.batch_size`` is the global batch, split between the processes.
+    """
     n = len(data.rows["train"])
-    drop_last = n > cfg.batch_size
+    batch = cfg.batch_size // world
+    shard, aug_seed = None, epoch_seed
+    if world > 1:
+        from bcc_utils.distributed import shard as take_shard
+
+        order = torch.randperm(n, generator=g) if sampler is None else list(sampler)
+        shard = take_shard(order, rank, world)
+        # the order is common to all processes; flips, mixup and augmentations must not be
+        aug_seed = (epoch_seed + 1_000_003 * (rank + 1)) % 2**63
+        g.manual_seed(aug_seed)
+        torch.manual_seed(aug_seed)
+    drop_last = (n if shard is None else len(shard)) > batch
     if cfg.augment != "paper":
-        order = torch.randperm(n, generator=g) if sampler is None else torch.as_tensor(list(sampler))
-        return MemoryBatches(*memory, cfg.batch_size, order, cfg.augment == "dihedral", g, drop_last,
+        if shard is not None:
+            order = shard
+        else:
+            order = torch.randperm(n, generator=g) if sampler is None else torch.as_tensor(list(sampler))
+        return MemoryBatches(*memory, batch, order, cfg.augment == "dihedral", g, drop_last,
                              cfg.limit_train_batches)
     from bcc_utils.augment import build_train_transform
     from bcc_utils.cache import CachedDataset
@@ -54,10 +73,11 @@ def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: 
     ds = CachedDataset(data.images, data.manifest, "train", transform=build_train_transform(cfg.img_size, cfg.disabled_components))
     workers = min(os.cpu_count() or 1, 8) if cfg.num_workers < 0 else cfg.num_workers
     if workers == 0:
-        reseed_transform(ds.transform, epoch_seed)
+        reseed_transform(ds.transform, aug_seed)
     # Workers are re-created every epoch (not persistent): their seeds then follow the per-epoch seed.
-    loader = make_loader(ds, cfg.batch_size, sampler=sampler, shuffle=sampler is None, workers=workers,
-                         drop_last=drop_last, pin_memory=torch.cuda.is_available(), persistent=False)
+    loader = make_loader(ds, batch, sampler=shard if shard is not None else sampler,
+                         shuffle=sampler is None and shard is None, workers=workers, drop_last=drop_last,
+                         pin_memory=torch.cuda.is_available(), persistent=False)
     if cfg.limit_train_batches:
         return _Limited(loader, cfg.limit_train_batches)
     return loader
@@ -79,7 +99,11 @@ class _Limited:
             yield b
 
 
-def steps_per_epoch(cfg: TrainConfig, n: int) -> int:
-    """Optimizer steps per epoch for ``n`` training images (last partial batch dropped, as in the loaders)."""
-    steps = n // cfg.batch_size if n > cfg.batch_size else 1
+def steps_per_epoch(cfg: TrainConfig, n: int, world: int = 1) -> int:
+    """Optimizer steps per epoch for ``n`` training images (last partial batch dropped, as in the loaders).
+
+    With ``world`` processes each takes ``n // world`` images in batches of ``batch_size // world``.
+    """
+    n, batch = n // world, cfg.batch_size // world
+    steps = n // batch if n > batch else 1
     return min(steps, cfg.limit_train_batches) if cfg.limit_train_batches else steps

@@ -9,37 +9,13 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from bcc_utils.batches import nhwc_to_nchw, to_input, tta_views
-from bcc_utils.checkpoint import load_checkpoint
 from bcc_utils.config import TrainConfig
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``cfg.amp`` on ``device`` (``None`` = full precision; always ``None`` on CPU)."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "auto":  # bf16 needs Ampere or newer (a T4 reports bf16 "support" but only emulates it)
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+from bcc_utils.device import amp_dtype, resolve_device
 
 
 @torch.no_grad()
@@ -96,54 +72,8 @@ def predict_proba(model: torch.nn.Module, images, rows=None, *, temperature: flo
     return views_to_proba(predict_logits(model, images, rows, **kwargs), temperature)
 
 
-def clahe_settings(cfg: TrainConfig):
-    """The run's :class:`~bcc_utils.preprocess.ClaheSettings`, or ``None`` without CLAHE."""
-    from bcc_utils.preprocess import ClaheSettings
-
-    return ClaheSettings(cfg.clahe_clip_limit, cfg.clahe_tile_grid_size, cfg.clahe_space) if cfg.clahe else None
-
-
-def load_model(checkpoint: str | os.PathLike | dict, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model of a checkpoint (no download) and load its weights; returns ``(model, ckpt)``."""
-    from bcc_utils.models import create_model
-
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    model = create_model(cfg.model, num_classes=len(ckpt["classes"]), pretrained=False, drop_rate=cfg.drop_rate)
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model.eval(), ckpt
-
-
-def load_with_images(checkpoint, data_dir=None, cache_dir=None, device="cpu", progress: bool = False):
-    """A checkpoint's model and its manifest's images, preprocessed as in training (cached).
-
-    Returns
-    -------
-    (model, ckpt, images, manifest)
-        ``images`` is the :func:`bcc_utils.cache.build_cache` result (``.array``, ``.index_of(path)``);
-        ``manifest`` the DataFrame stored in the checkpoint (its hash checked).
-    """
-    import pandas as pd
-
-    from bcc_utils.cache import build_cache
-    from bcc_utils.data import locate_root, manifest_hash
-    from bcc_utils.paths import find_data_dir
-
-    model, ckpt = load_model(checkpoint, device)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    manifest = pd.DataFrame(ckpt["manifest"])
-    if manifest_hash(manifest) != ckpt["manifest_hash"]:
-        raise ValueError("the manifest stored in the checkpoint does not match its hash (corrupted file?)")
-    root = locate_root(find_data_dir(data_dir))
-    images = build_cache(root, manifest, cfg.img_size, clahe_settings(cfg), cache_dir, progress=progress)
-    return model, ckpt, images, manifest
-
-
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir=None, split: str = "test", cache_dir=None,
-                        device: str = "auto", progress: bool = True) -> dict:
+                        device: str = "auto", progress: bool = True, rebuild_cache: bool = False) -> dict:
     """Recompute the test metrics of ``metrics.json`` from a checkpoint and the manifest stored in it.
 
     Returns
@@ -156,8 +86,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir=None, split: str
 
     from bcc_utils.metrics import classification_report_dict
 
+    from bcc_utils.run import load_with_images
+
     dev = resolve_device(device)
-    model, ckpt, images, manifest = load_with_images(checkpoint, data_dir, cache_dir, dev, progress)
+    model, ckpt, images, manifest = load_with_images(checkpoint, data_dir, cache_dir, dev, progress, rebuild_cache)
     cfg = TrainConfig.from_dict(ckpt["config"])
     part = manifest[manifest["split"] == split]
     if part.empty:
@@ -182,55 +114,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir=None, split: str
             "manifest_hash": ckpt["manifest_hash"], "best_epoch": int(ckpt["epoch"])}
 
 
-def image_files(inputs, warn: bool = True) -> list[Path]:
-    """Expand files and folders (recursively, image suffixes only) into a list.
-
-    Files with an image suffix are kept even when hidden (``.DS_169665.jpg``): reading them tells
-    whether they are images, and a non-image is then skipped with a warning that says what it is.
-
-    A named file is always kept (it is checked when read); a missing path raises ``FileNotFoundError``.
-    """
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file())
-            for f in found:
-                if f.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(f)
-                elif warn:
-                    warnings.warn(f"skipping {f}: {f.suffix or 'no'} suffix is not an image type", stacklevel=2)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"No such file or folder: {p}")
-    return files
-
-
-def iter_images(inputs, limit: int | None = None) -> Iterator[tuple[Path, np.ndarray]]:
-    """``(file, RGB uint8)`` of image files and folders (see :func:`bcc_utils.inference.image_files`).
-
-    A named file that cannot be decoded raises :class:`bcc_utils.data.ImageReadError`; inside a
-    folder it is skipped with a warning. ``limit`` keeps at most that many files, spread evenly
-    over the sorted list (so over the class folders of a dataset).
-    """
-    from bcc_utils.data import read_image
-
-    named = {Path(i).expanduser() for i in inputs if Path(i).expanduser().is_file()}
-    files = image_files(inputs)
-    if limit and len(files) > limit:
-        files = files[:: len(files) // limit][:limit]
-    for f in files:
-        try:
-            rgb = read_image(f)
-        except ValueError as exc:
-            if f in named:
-                raise
-            warnings.warn(f"skipping {exc}", stacklevel=2)
-            continue
-        yield f, rgb
-
-
 def predict_images(checkpoint: str | os.PathLike | tuple, inputs, top_k: int = 3, device: str = "cpu",
                    temperature: float | None = None) -> list[dict]:
     """Classify image files with a trained checkpoint.
@@ -238,12 +121,12 @@ def predict_images(checkpoint: str | os.PathLike | tuple, inputs, top_k: int = 3
     Parameters
     ----------
     checkpoint
-        Path of ``best.pt``/``last.pt`` (or a ``(model, ckpt)`` pair from :func:`load_model`).
+        Path of ``best.pt``/``last.pt`` (or a ``(model, ckpt)`` pair from :func:`bcc_utils.run.load_model`).
     temperature
         Divides the logits before the softmax. ``None``: the run's fitted temperature
         (``calibration.json`` beside the checkpoint, see :mod:`bcc_utils.calibration`), else 1.
     inputs
-        Image files and/or folders (see :func:`image_files`). A named file that cannot be decoded
+        Image files and/or folders (see :func:`bcc_utils.data.files.image_files`). A named file that cannot be decoded
         raises :class:`bcc_utils.data.ImageReadError` naming it; such files inside a folder are
         skipped with a warning.
 
@@ -253,15 +136,18 @@ def predict_images(checkpoint: str | os.PathLike | tuple, inputs, top_k: int = 3
         ``{"file", "class", "confidence", "top": [{"class", "prob"}, ...]}`` per image (probabilities
         temperature-scaled).
     """
-    from bcc_utils.calibration import load_temperature
+    from bcc_utils.data.files import iter_images
     from bcc_utils.preprocess import preprocess_image
+    from bcc_utils.run import load_model, load_temperature
 
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
     if temperature is None:
         temperature = 1.0 if isinstance(checkpoint, tuple) else load_temperature(checkpoint)
     dev = resolve_device(device)
     model, ckpt = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint, dev)
     cfg = TrainConfig.from_dict(ckpt["config"])
-    classes, clahe = list(ckpt["classes"]), clahe_settings(cfg)
+    classes, clahe = list(ckpt["classes"]), cfg.clahe_settings()
     results = []
     for f, rgb in iter_images(inputs):
         x = preprocess_image(rgb, cfg.img_size, clahe)[None]

@@ -152,16 +152,6 @@ def hardware_info(device) -> dict:
     return {"device": name, "torch": str(torch.__version__), "cpu_count": os.cpu_count(), "cpu_model": cpu}
 
 
-def write_json(obj: dict, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def load_results(pattern: str | os.PathLike) -> dict[str, dict]:
     """Read ``metrics.json`` files: a run folder, a file, a folder of runs, or a glob.
 
@@ -170,16 +160,18 @@ def load_results(pattern: str | os.PathLike) -> dict[str, dict]:
     dict
         ``{run name: metrics dict}`` sorted by run name.
     """
+    from bcc_utils.run import METRICS
+
     pattern = Path(pattern).expanduser()
     if pattern.is_file():
         files = [pattern]
-    elif (pattern / "metrics.json").is_file():
-        files = [pattern / "metrics.json"]
+    elif (pattern / METRICS).is_file():
+        files = [pattern / METRICS]
     elif pattern.is_dir():
-        files = sorted(pattern.glob("*/metrics.json"))
+        files = sorted(pattern.glob(f"*/{METRICS}"))
     else:
         hits = [Path(p) for p in sorted(glob.glob(str(pattern)))]
-        files = [p / "metrics.json" if p.is_dir() else p for p in hits]
+        files = [p / METRICS if p.is_dir() else p for p in hits]
         files = [p for p in files if p.is_file()]
     if not files:
         raise FileNotFoundError(f"No metrics.json found at {pattern}")

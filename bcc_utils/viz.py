@@ -18,12 +18,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bcc_utils.figures import PBC_CREDIT, image_grid
+from bcc_utils.run import HISTORY_CSV, PREDICTIONS
 
 
 def _history(history) -> pd.DataFrame:
     if isinstance(history, (str, os.PathLike)):
         p = Path(history)
-        return pd.read_csv(p / "history.csv" if p.is_dir() else p)
+        return pd.read_csv(p / HISTORY_CSV if p.is_dir() else p)
     return pd.DataFrame(history)
 
 
@@ -174,7 +175,7 @@ def misclassified_gallery(predictions, data_dir, n: int = 16, ncols: int = 8, cl
     df = predictions
     if not isinstance(df, pd.DataFrame):
         p = Path(df)
-        df = pd.read_csv(p / "predictions.csv" if p.is_dir() else p)
+        df = pd.read_csv(p / PREDICTIONS if p.is_dir() else p)
     wrong = df[df["label"] != df["pred"]].sort_values("confidence", ascending=False).head(n)
     if wrong.empty:
         fig = Figure(figsize=(4, 1))

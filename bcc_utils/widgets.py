@@ -185,7 +185,7 @@ def prediction_panel(checkpoint, examples: Mapping[str, str | os.PathLike], temp
     Parameters
     ----------
     checkpoint
-        Path of ``best.pt`` or a ``(model, ckpt)`` pair from :func:`bcc_utils.inference.load_model`.
+        Path of ``best.pt`` or a ``(model, ckpt)`` pair from :func:`bcc_utils.run.load_model`.
     examples
         ``{label: image file}`` offered in the dropdown.
     temperature
@@ -204,12 +204,10 @@ def prediction_panel(checkpoint, examples: Mapping[str, str | os.PathLike], temp
 
     from bcc_utils.data import ImageReadError, read_image
     from bcc_utils.data.scan import decode_image
-    from bcc_utils.inference import load_model
+    from bcc_utils.run import load_model, load_temperature
 
     model, ckpt = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint)
     if temperature is None and not isinstance(checkpoint, tuple):
-        from bcc_utils.calibration import load_temperature
-
         temperature = load_temperature(checkpoint)
     temperature = 1.0 if temperature is None else float(temperature)
     names = list(examples)

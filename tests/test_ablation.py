@@ -10,7 +10,7 @@ import pytest
 
 from bcc_utils.ablation import VARIANTS, base_config, load_ablation, run_ablation, summarize, variant_config
 from bcc_utils.augment import COMPONENTS, build_train_transform, component_names
-from bcc_utils.inference import clahe_settings
+
 from bcc_utils.sampling import balancing
 
 pytestmark = [
@@ -23,7 +23,7 @@ def _built(cfg):
     """What the trainer builds from a config: augmentation components, CLAHE, mixup, sampler, loss weight."""
     transform = build_train_transform(cfg.img_size, cfg.disabled_components)
     sampler, weight = balancing(np.repeat(np.arange(8), [5, 10, 20, 40, 5, 10, 20, 40]), 8, cfg.balance, seed=0)
-    return {"components": set(component_names(transform)), "clahe": clahe_settings(cfg) is not None,
+    return {"components": set(component_names(transform)), "clahe": cfg.clahe_settings() is not None,
             "mixup": cfg.mixup_p > 0, "sampler": sampler is not None, "weighted_loss": weight is not None}
 
 
@@ -120,3 +120,43 @@ def test_summary_difference_and_its_two_intervals():
     runs.loc[0, "paths_sha"] = "other"
     with pytest.raises(ValueError, match="different test sets"):
         summarize(runs)
+
+
+def test_two_processes_share_one_grid_each_run_trained_once(data_dir, tmp_path):
+    """Two ``ablate`` invocations on one results folder (as on two machines): no run twice, no record lost."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BCC_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "bcc_utils", "ablate", "--base", "smoke", "--variants", "full", "no_cutout",
+            "no_mixup", "--seeds", "0", "1", "--data-dir", str(data_dir), "--results", str(tmp_path / "res"),
+            "--runs", str(tmp_path / "runs"), "--quiet"]
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    grid = json.loads((tmp_path / "res" / "ablation.json").read_text())
+    runs = [r for inv in grid["invocations"] for r in inv["runs"]]
+    assert len(grid["invocations"]) == 2 and sorted(runs) == sorted(f"{v}-s{s}" for v in ("full", "no_cutout",
+                                                                                            "no_mixup") for s in (0, 1))
+    assert len(list((tmp_path / "res").glob("*-s*.json"))) == 6
+    assert not list((tmp_path / "res" / ".claims").iterdir())
+
+
+def test_a_claim_of_a_dead_process_is_taken_over_and_a_live_one_respected(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from bcc_utils.atomic import try_claim
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    claim = tmp_path / "full-s0.claim"
+    claim.write_text(json.dumps({"host": socket.gethostname(), "pid": dead}))
+    assert try_claim(claim) and json.loads(claim.read_text())["pid"] == os.getpid()
+    assert not try_claim(claim)  # held by a live process (this one)
+    claim.write_text(json.dumps({"host": "another-machine", "pid": dead}))
+    assert not try_claim(claim)  # another machine's claim cannot be checked: respected

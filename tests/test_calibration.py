@@ -106,7 +106,7 @@ def test_calibrate_command_fits_on_val_and_keeps_accuracy(run_dir, data_dir, sam
 
 def test_a_bad_temperature_file_is_refused(tmp_path):
     (tmp_path / "calibration.json").write_text(json.dumps({"temperature": -1}))
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="finite number > 0"):
         load_temperature(tmp_path)
 
 

@@ -40,7 +40,7 @@ def run_dir(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(run_dir):
-    from bcc_utils.inference import load_model
+    from bcc_utils.run import load_model
 
     return load_model(run_dir / "best.pt")
 
@@ -130,7 +130,7 @@ def test_randomised_weights_change_the_map(trained, test_images):
 
 
 def test_cam_leaves_a_frozen_model_as_it_was(run_dir, test_images):
-    from bcc_utils.inference import load_model
+    from bcc_utils.run import load_model
     from bcc_utils.models import freeze_stages, set_train_mode
 
     model, ckpt = load_model(run_dir / "best.pt")
@@ -220,12 +220,12 @@ def test_prediction_panel_reads_the_run_temperature(run_dir, test_images, sample
     import shutil
 
     from bcc_utils import widgets
-    from bcc_utils.calibration import CALIBRATION_FILE
+    from bcc_utils.run import CALIBRATION, sha256
 
     examples = {"cell": sample_root / test_images[1][0]}
     ckpt = shutil.copy(run_dir / "best.pt", tmp_path / "best.pt")
     assert widgets.prediction_panel(ckpt, examples, display=False).temperature == 1.0  # not calibrated
-    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"temperature": 1.7}))
+    (tmp_path / CALIBRATION).write_text(json.dumps({"temperature": 1.7, "checkpoint_sha256": sha256(ckpt)}))
     panel = widgets.prediction_panel(ckpt, examples, display=False)
     assert panel.temperature == 1.7 and "T = 1.70" in panel.result.axes[2].get_title()
 

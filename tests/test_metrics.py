@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from bcc_utils.metrics import (_acc_macro_f1, bootstrap_ci, classification_report_dict, load_results,
-                               results_table, write_json)
+from bcc_utils.atomic import write_json
+from bcc_utils.metrics import _acc_macro_f1, bootstrap_ci, classification_report_dict, load_results, results_table
 
 CLASSES = ["a", "b", "c"]
 
