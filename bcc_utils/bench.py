@@ -160,7 +160,7 @@ def run_pipeline_bench(data_dir, img_size: int = 300, workers: int = 2, batches:
     from bcc_utils.workers import make_loader
     from torch.utils.data import default_collate
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # other jobs on the cores?
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other jobs on the cores?
     root = locate_root(data_dir)
     with warnings.catch_warnings():  # the sample's non-image file is reported by `audit`, not here
         warnings.simplefilter("ignore")
@@ -207,7 +207,7 @@ def run_pipeline_bench(data_dir, img_size: int = 300, workers: int = 2, batches:
                 "cpu_count": os.cpu_count(),
                 "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                 "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                "load_avg_1min_at_start": round(load, 2),
+                "load_avg_1min_at_start": None if load is None else round(load, 2),
                 "python": platform.python_version(), "torch": torch.__version__, "opencv": cv2.__version__,
             },
         }
@@ -250,11 +250,81 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_gpu_bench(data_dir, device: str = "cuda", models=("efficientnet_b0", "resnet50"), img_size: int = 300, steps: int = 10,
+                  batch_size: int = 32, loader_batches: int = 10, workers=None) -> dict:
+    """Model training speed per model, then DataLoader speed per worker count (see the module docstring)."""
+    import torch
+
+    from bcc_utils.device import describe, resolve_device
+    from bcc_utils.gpu_bench import train_speed
+    from bcc_utils.metrics import hardware_info
+
+    dev = resolve_device(device)
+    workers = sorted({2, os.cpu_count() or 1}) if workers is None else list(workers)
+    result = {"device": describe(dev), "hardware": hardware_info(dev), "models": [], "loader": []}
+    for name in models:
+        result["models"].append(train_speed(name, img_size, dev, steps, batch_size=batch_size))
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+    for w in workers:
+        r = run_pipeline_bench(data_dir, img_size, w, loader_batches, batch_size)
+        result["loader"].append({"workers": w, "cached_img_per_s": r["cached_img_per_s"],
+                                 "naive_img_per_s": r["naive_img_per_s"]})
+    fastest_loader = max(x["cached_img_per_s"] for x in result["loader"])
+    result["limits"] = {m["model"]: "model" if m["train_img_per_s"] < fastest_loader else "data loader"
+                        for m in result["models"]}
+    return result
+
+
+def _gpu_handler(args: argparse.Namespace) -> int:
+    from bcc_utils.atomic import write_json
+    from bcc_utils.paths import find_data_dir
+
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device here: 'bench gpu' measures a GPU runtime (on Colab: Runtime > Change "
+                           "runtime type > GPU); --device cpu runs the same steps on the CPU, to test the command")
+    r = run_gpu_bench(find_data_dir(args.data_dir), args.device, args.models, args.img_size, args.steps,
+                      args.batch_size, args.batches, args.workers)
+    print(f"device: {r['device']}, {r['hardware']['cpu_count']} CPU cores")
+    for m in r["models"]:
+        mem = f", peak {m['peak_gpu_memory_gib']} GiB" if m["peak_gpu_memory_gib"] is not None else ""
+        print(f"  train {m['model']:<16} {m['img_size']} px, batch {m['batch_size']}, amp {m['amp']}, channels-last: "
+              f"{m['train_img_per_s']:8.1f} img/s{mem}")
+    for x in r["loader"]:
+        print(f"  data loader, {x['workers']:>2} workers: cached {x['cached_img_per_s']:8.1f} img/s "
+              f"(naive {x['naive_img_per_s']:.1f})")
+    for model, limit in r["limits"].items():
+        print(f"  {model}: an epoch is limited by the {limit}")
+    if args.json:
+        print(f"  written to {write_json(r, args.json)}")
+    return 0
+
+
+def _add_gpu_parser(sub) -> None:
+    p = sub.add_parser("gpu", help="GPU self-check: training img/s of the paper's models, data-loader img/s",
+                       description="A few training steps of the paper preset per model (AMP, channels-last) on "
+                                   "batches already on the GPU, then the cached DataLoader alone with 2 workers "
+                                   "(Colab) and with all cores: which of the two limits an epoch.")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $BCC_DATA_DIR); the sample is enough")
+    p.add_argument("--device", default="cuda", help="cuda (default), cuda:N; cpu only to test the command")
+    p.add_argument("--models", nargs="+", default=["efficientnet_b0", "resnet50"], help="timm names (default: %(default)s)")
+    p.add_argument("--img-size", type=int, default=300, help="input size (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per model (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
+    p.add_argument("--batches", type=int, default=10, help="timed loader batches (default: %(default)s)")
+    p.add_argument("--workers", type=int, nargs="+", help="loader worker counts (default: 2 and all cores)")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.set_defaults(func=_gpu_handler)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench pipeline`` and ``bench latency`` (:mod:`bcc_utils.latency`) to the command line."""
     from bcc_utils.latency import add_parser as add_latency_parser
 
-    bench = subparsers.add_parser("bench", help="benchmarks (data pipeline throughput, inference latency)")
+    bench = subparsers.add_parser("bench", help="benchmarks (data pipeline throughput, inference latency, GPU self-check)")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
     sub.required = True
     p = sub.add_parser("pipeline", help="images/s of the training DataLoader, naive vs cached",
@@ -272,3 +342,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.set_defaults(func=_handler)
     add_latency_parser(sub)
+    _add_gpu_parser(sub)
