@@ -171,6 +171,13 @@ def train_or_load(cfg, data_dir, run_dir, callback=None, progress: bool = True, 
     return _train_or_load(cfg, data_dir, run_dir, callback=callback, progress=progress, cache_dir=cache_dir)
 
 
+def reuse_main_run(preset: str, data_dir, runs_dir, train_long: bool = False):
+    """Notebook 04's run, found or (if short) trained: :func:`bcc_utils.train.reuse_main_run`."""
+    from bcc_utils.train import reuse_main_run as _reuse
+
+    return _reuse(preset, data_dir, runs_dir, train_long)
+
+
 def speed_table(specs, batch_size: int = 4, n_batches: int = 2, device="cpu", warmup: int = 1):
     """Parameter counts and measured images/s (inference, training steps) of freshly built models.
 

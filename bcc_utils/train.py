@@ -50,7 +50,7 @@ from bcc_utils.run import default_out_dir
 
 __all__ = ["TrainConfig", "PRESETS", "config_for", "auto_preset", "parse_overrides", "train", "train_or_load",
            "read_history", "default_out_dir", "build_model", "build_optimizer", "train_step", "train_one_epoch",
-           "validate", "write_metrics", "TrainingDiverged"]
+           "validate", "write_metrics", "TrainingDiverged", "reuse_main_run", "EXPECTED_TIME"]
 
 WEIGHT_NAMES = ("imagenet", "none", "lite0-pypi")
 
@@ -488,3 +488,38 @@ def train_or_load(cfg, data_dir, run_dir, callback=None, progress: bool = True, 
     state = "resuming the unfinished run in" if (run_dir / runfiles.LAST).is_file() else "training into"
     print(f"{state} {show_path(run_dir)}")
     return train(cfg, data_dir, run_dir, resume="auto", progress=progress, callback=callback, cache_dir=cache_dir)
+
+
+#: What training the main run of each preset costs, in words (printed before a notebook trains it).
+EXPECTED_TIME = {"smoke": "seconds", "cpu": "about 8 minutes on 2 CPU cores, 1-2 minutes on a GPU",
+                 "paper": "about 1 hour on a T4 GPU for EfficientNet-B0 (not measured here)"}
+
+
+def reuse_main_run(preset: str, data_dir, runs_dir, train_long: bool = False):
+    """Notebook 04's run for ``preset``, for notebooks that study it (07, 08): found, or trained only if short.
+
+    On a fresh runtime (Colab without Drive, a new clone) the run may be missing. The short models
+    (``cpu``, ``smoke``) are then trained, with their expected time printed first. The ``paper``
+    preset's 10 epochs at 300 px are never started unasked: without ``train_long`` the classroom
+    model (``cpu`` preset) stands in, found or trained, and a printed line says so.
+
+    Returns
+    -------
+    (TrainConfig, Path)
+        The config and the folder of the run to study.
+    """
+    from bcc_utils.display import show_path
+    from bcc_utils.run import main_run
+
+    runs_dir = Path(runs_dir)
+    cfg, name = main_run(preset)
+    if _finished_differences(runs_dir / name, cfg) is None and preset == "paper" and not train_long:
+        stand_in, stand_name = main_run("cpu")
+        print(f"notebook 04's {name} run is not in {show_path(runs_dir)} (a fresh runtime? keep the runs on Google "
+              f"Drive). The paper's 10-epoch protocol is not started here unasked ({EXPECTED_TIME['paper']}): the "
+              f"classroom model {stand_name} stands in. Run notebook 04 first, or set TRAIN_LONG = True, to study "
+              "the paper's model.")
+        cfg, name, preset = stand_in, stand_name, "cpu"
+    if _finished_differences(runs_dir / name, cfg) is None:
+        print(f"{name} is not trained yet: training it now ({EXPECTED_TIME.get(preset, 'time not measured')}).")
+    return cfg, train_or_load(cfg, data_dir, runs_dir / name)

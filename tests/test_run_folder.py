@@ -286,3 +286,32 @@ def test_the_notebook_reports_the_device_training_uses(monkeypatch):
     assert device(verbose=False).type == resolve_device("auto").type == "mps"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert device(verbose=False).type == resolve_device("auto").type == "cpu"
+
+
+# ------------------------------------------------------------- a fresh runtime never starts a long job unasked
+def test_a_missing_paper_run_is_replaced_by_the_classroom_model_unless_asked(tmp_path, monkeypatch, capsys):
+    import bcc_utils.train as tr
+
+    asked = []
+    monkeypatch.setattr(tr, "train_or_load", lambda cfg, data_dir, run_dir, **kw: asked.append((cfg, run_dir)) or
+                        run_dir)
+    cfg, run = tr.reuse_main_run("paper", None, tmp_path)
+    assert (cfg.preset, run.name) == ("cpu", "lite0-cpu") and asked[-1][0].epochs == cfg.epochs
+    out = capsys.readouterr().out
+    assert "not started here unasked" in out and "training it now (about 8 minutes" in out
+    cfg, run = tr.reuse_main_run("paper", None, tmp_path, train_long=True)
+    assert (cfg.preset, run.name) == ("paper", "efficientnet_b0-paper")
+
+
+def test_a_finished_main_run_is_reused_as_it_is(finished, tmp_path, capsys):
+    import bcc_utils.train as tr
+    from bcc_utils.run import main_run
+
+    cfg, name = main_run("smoke")
+    shutil.copytree(finished, tmp_path / name)
+    m = json.loads((tmp_path / name / "metrics.json").read_text())
+    m["config"] = cfg.to_dict()  # as if notebook 04 had trained exactly this config
+    (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    before = digest(tmp_path / name)
+    assert tr.reuse_main_run("smoke", None, tmp_path)[1] == tmp_path / name
+    assert "loaded, not trained again" in capsys.readouterr().out and digest(tmp_path / name) == before
