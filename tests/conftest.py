@@ -1,7 +1,7 @@
 """Shared fixtures: the real PBC images the tests run on.
 
-Set ``BCC_DATA_DIR`` to a copy of the PBC data (the 252-image ``pbc-sample``
-with the archive's quirks is what CI uses).
+By default the tests use ``tests/fixtures/pbc-sample``, 252 real images of the PBC archive with its quirks
+(see ``tests/fixtures/README.md``); set ``BCC_DATA_DIR`` to run them on another copy of the PBC data.
 """
 
 from __future__ import annotations
@@ -12,16 +12,30 @@ from pathlib import Path
 
 import pytest
 
+#: The committed sample of the PBC archive, used when ``BCC_DATA_DIR`` is not set.
+FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "pbc-sample"
+
+
+def pytest_addoption(parser, pluginmanager):
+    """With nbval switched off (``-p no:nbval``: unit tests only), accept the nbval options that ``addopts`` sets."""
+    if pluginmanager.is_blocked("nbval"):
+        group = parser.getgroup("nbval (switched off)")
+        group.addoption("--nbval-lax", action="store_true", help="ignored: nbval is switched off")
+        group.addoption("--nbval-cell-timeout", action="store", help="ignored: nbval is switched off")
+
 
 def pytest_configure(config):
     """Settings for the notebooks that nbval executes in their own kernels (they inherit this environment).
 
-    ``BCC_DATA_DIR`` is made absolute (kernels run inside ``notebooks/``), smoke mode is on unless
-    ``BCC_SMOKE`` says otherwise, and training runs go to a temporary ``BCC_RUNS_DIR``, not into the
-    repository (likewise the preprocessing cache). Notebooks 04-06 share that folder: 06 reads what 04 and 05 wrote.
+    ``BCC_DATA_DIR`` defaults to the committed sample and is made absolute (kernels run inside ``notebooks/``),
+    smoke mode is on unless ``BCC_SMOKE`` says otherwise, and training runs go to a temporary ``BCC_RUNS_DIR``,
+    not into the repository (likewise the preprocessing cache). Notebooks 04-06 share that folder: 06 reads what
+    04 and 05 wrote.
     """
     if os.environ.get("BCC_DATA_DIR"):
         os.environ["BCC_DATA_DIR"] = str(Path(os.environ["BCC_DATA_DIR"]).expanduser().resolve())
+    else:
+        os.environ["BCC_DATA_DIR"] = str(FIXTURE_DATA)
     os.environ.setdefault("BCC_SMOKE", "1")
     if "BCC_RUNS_DIR" not in os.environ:
         os.environ["BCC_RUNS_DIR"] = tempfile.mkdtemp(prefix="bcc-test-runs-")
@@ -31,14 +45,8 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The dataset folder named by ``$BCC_DATA_DIR``; fails clearly if it is not set or missing."""
-    value = os.environ.get("BCC_DATA_DIR")
-    if not value:
-        pytest.fail(
-            "BCC_DATA_DIR is not set: point it at a copy of the PBC data "
-            "(e.g. the pbc-sample folder), see README.md > Tests.",
-            pytrace=False,
-        )
+    """The dataset folder: ``$BCC_DATA_DIR``, else the committed ``tests/fixtures/pbc-sample``; fails if missing."""
+    value = os.environ.get("BCC_DATA_DIR") or str(FIXTURE_DATA)
     path = Path(value).expanduser()
     if not path.is_dir():
         pytest.fail(f"BCC_DATA_DIR={value} does not exist or is not a folder.", pytrace=False)
