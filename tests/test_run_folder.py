@@ -315,3 +315,17 @@ def test_a_finished_main_run_is_reused_as_it_is(finished, tmp_path, capsys):
     before = digest(tmp_path / name)
     assert tr.reuse_main_run("smoke", None, tmp_path)[1] == tmp_path / name
     assert "loaded, not trained again" in capsys.readouterr().out and digest(tmp_path / name) == before
+
+
+# ------------------------------------------------------------------ finding 10: a dataset missing classes
+def test_train_refuses_a_dataset_missing_classes_unless_asked(sample_root, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(sample_root, data)
+    shutil.rmtree(data / "basophil")
+    out = tmp_path / "run"
+    assert main(train_cmd(data, out)) == 2
+    err = capsys.readouterr().err
+    assert "basophil" in err and "--allow-missing-classes" in err and not out.exists()
+    assert main(train_cmd(data, out, "--allow-missing-classes")) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test"]["per_class"]["basophil"]["support"] == 0
