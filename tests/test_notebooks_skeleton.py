@@ -163,3 +163,19 @@ def test_widgets_are_followed_by_a_static_figure(notebook):
 def test_committed_notebooks_are_light(notebook):
     path, _ = notebook
     assert path.stat().st_size < MAX_BYTES, f"{path.name} is {path.stat().st_size / 1e6:.1f} MB; keep it under 1.5 MB"
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]")  # ESC (\x1b) is allowed: colour codes in tracebacks
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + [NOTEBOOK_DIR.parent / "colab" / "train_on_colab.ipynb"],
+                         ids=lambda p: p.name)
+def test_no_control_characters(path):
+    """A "\\a" in a Python string (e.g. ``"$p \\approx$"`` without r"") becomes a BEL and renders as "pprox"."""
+    nb = _load(path)
+    found = []
+    for i, cell in enumerate(nb["cells"]):
+        texts = [_src(cell)] + [json.dumps(o, ensure_ascii=False) for o in cell.get("outputs", [])]
+        found += [f"cell {i}: {m.group()!r} near {t[max(0, m.start() - 20):m.end() + 10]!r}"
+                  for t in texts for m in CONTROL.finditer(t)]
+    assert found == []
