@@ -52,13 +52,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Recompute the metrics of a checkpoint on a split of its stored manifest."""
+    """Recompute the metrics of a checkpoint on a split of its stored manifest, or measure it on an external set."""
     from bcc_utils.atomic import write_json, write_text
     from bcc_utils.inference import evaluate_checkpoint
 
     for target in (args.json, args.predictions):  # a bad output path fails before minutes of inference
         if target and Path(target).is_dir():
             raise ValueError(f"{target} is a folder; give a file name")
+    if args.external:
+        if args.split:
+            raise ValueError("give --split or --external, not both")
+        return _evaluate_external(args)
+    if args.class_map:
+        raise ValueError("--class-map goes with --external FOLDER")
+    args.split = args.split or "test"
     with warnings_to_stderr():
         r = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, device=args.device,
                                 progress=not args.quiet, rebuild_cache=args.rebuild_cache)
@@ -69,6 +76,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"written to {write_json(out, args.json)}")
     if args.predictions:
         print(f"written to {write_text(r['predictions'].to_csv(index=False), args.predictions)}")
+    return 0
+
+
+def _evaluate_external(args: argparse.Namespace) -> int:
+    """``evaluate --external``: the run on a folder of class folders from another source (see bcc_utils.external)."""
+    from bcc_utils.atomic import write_json, write_text
+    from bcc_utils.external import evaluate_external, format_report
+
+    with warnings_to_stderr():
+        report, predictions = evaluate_external(args.checkpoint, args.external, args.class_map, device=args.device,
+                                                progress=not args.quiet)
+    print(format_report(report))
+    if args.json:
+        print(f"written to {write_json(report, args.json)}")
+    if args.predictions:
+        print(f"written to {write_text(predictions.to_csv(index=False), args.predictions)}")
     return 0
 
 
@@ -153,10 +176,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="recompute a checkpoint's metrics on a split of its manifest")
+    p = sub.add_parser("evaluate", help="recompute a checkpoint's metrics on a split of its manifest, or measure "
+                                        "it on an external set (--external)",
+                       description="Recompute a checkpoint's test metrics on a split of its stored manifest, or, "
+                                   "with --external, measure it on images from another source: one sub-folder per "
+                                   "class (any capitalisation; an images/ sub-folder is entered by itself), "
+                                   "preprocessed as predict does. The external report gives accuracy and balanced "
+                                   "accuracy over the classes present (bootstrap 95% CI), per-class recall and "
+                                   "their confusion into all training classes.")
     p.add_argument("checkpoint", help="best.pt or last.pt of a run")
     p.add_argument("--data-dir", help="dataset folder (default: $BCC_DATA_DIR)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--split", choices=("train", "val", "test"), help="split of the manifest (default: test)")
+    p.add_argument("--external", metavar="FOLDER",
+                   help="evaluate on this folder of class folders instead (e.g. from 'download wbc-external')")
+    p.add_argument("--class-map", metavar="FILE",
+                   help='with --external: JSON {"their folder name": "our class"} (null skips a folder)')
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
     p.add_argument("--predictions", metavar="CSV", help="write per-image predictions")
     p.add_argument("--device", default="auto")

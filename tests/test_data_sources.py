@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import socket
 import sys
 import threading
@@ -86,7 +87,16 @@ def _closed_port_url() -> str:
 
 def test_registry_entries():
     for name, info in SOURCES.items():
-        assert info["license"] == "CC BY 4.0" and "Acevedo" in info["citation"], name
+        if name != "wbc-external":  # not PBC: another lab's cells, for domain-shift tests
+            assert info["license"] == "CC BY 4.0" and "Acevedo" in info["citation"], name
+    wbc = SOURCES["wbc-external"]
+    assert wbc["license"] == "GPL-3.0" and "GPL-3.0" in wbc["description"]
+    for credit in ("Zheng", "Micron 107 (2018) 55", "10.1016/j.micron.2018.01.010", "Jiangxi Tecom", "CellaVision"):
+        assert credit in wbc["citation"], credit
+    assert "10.1016/j.micron.2018.01.010" in wbc["description"]
+    assert [s["n"] for s in wbc["sets"].values()] == [300, 100]
+    assert all(sum(s["class_counts"].values()) == s["n"] for s in wbc["sets"].values())
+    assert set(wbc["label_codes"].values()) == set(wbc["sets"]["dataset1-jtsc"]["class_counts"]) < set(CLASSES)
     assert sum(SOURCES["pbc"]["class_counts"].values()) == SOURCES["pbc"]["n_files"] - 1 == 17092
     blood = SOURCES["bloodmnist"]
     assert sum(blood["n_samples"].values()) == 17092
@@ -311,3 +321,129 @@ def test_kaggle_download_marked_only_when_counts_match(tmp_path, sample_root, mo
         download("kaggle")
     with pytest.raises(FileNotFoundError, match="not verified"):
         find_data_dir()
+
+
+# --- wbc-external: the GitHub archive of zxaoyou/segmentation_WBC, sorted into class folders ----------------
+
+#: A tiny archive in the repository's layout: per set, (image ID, class code) rows of its label file.
+WBC_TINY = {"dataset1-jtsc": ("Dataset 1", "image ID,class label", [(1, 2), (2, 1), (3, 1), (4, 5)]),
+            "dataset2-cellavision": ("Dataset 2", "image ID,class", [(1, 4), (2, 3)])}
+WBC_CODES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
+
+
+def _bmp(path: Path) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(".bmp", cv2.resize(cv2.imread(str(path)), (60, 60), interpolation=cv2.INTER_AREA))
+    assert ok
+    return data.tobytes()
+
+
+def _wbc_zip(www: Path, sample_root: Path, rows=WBC_TINY, name: str = "wbc.zip") -> dict[str, bytes]:
+    """Write the archive GitHub serves (``segmentation_WBC-master/...``); return its image bytes by our path."""
+    cells = [p for label in ("neutrophil", "lymphocyte") for p in sorted((sample_root / label).glob("[!.]*.jpg"))[:3]]
+    images = {}
+    with zipfile.ZipFile(www / name, "w") as zf:
+        top = "segmentation_WBC-master"
+        zf.writestr(f"{top}/LICENSE", "GNU GENERAL PUBLIC LICENSE\nVersion 3, 29 June 2007\n")
+        zf.writestr(f"{top}/README.md", "segmentation of WBC images")
+        zf.writestr(f"{top}/Dataset 1.png", b"\x89PNG a figure of the README, not a cell")
+        for ours, (folder, header, labels) in rows.items():
+            lines = [header] + [f"{i},{code}" for i, code in labels]
+            zf.writestr(f"{top}/Class Labels of {folder}.csv", "\r\n".join(lines) + "\r\n")
+            for k, (i, code) in enumerate(labels):
+                data = _bmp(cells[k % len(cells)])
+                zf.writestr(f"{top}/{folder}/{i:03d}.bmp", data)
+                zf.writestr(f"{top}/{folder}/{i:03d}.png", b"mask")  # the expert segmentation
+                images[f"{ours}/images/{WBC_CODES.get(code)}/{i:03d}.bmp"] = data
+    return images
+
+
+@pytest.fixture
+def wbc_counts(monkeypatch):
+    """Make the registry expect the tiny archive built here."""
+    from collections import Counter
+
+    sets = {ours: {**SOURCES["wbc-external"]["sets"][ours], "n": len(labels),
+                   "class_counts": dict(Counter(WBC_CODES[c] for _, c in labels))}
+            for ours, (_, _, labels) in WBC_TINY.items()}
+    monkeypatch.setitem(SOURCES["wbc-external"], "sets", sets)
+
+
+def test_wbc_external_download_sorts_verifies_and_reuses(server, sample_root, wbc_counts, tmp_path):
+    base, www, requests = server
+    images = _wbc_zip(www, sample_root)
+    dest = tmp_path / "cache" / "wbc-external"
+    assert download("wbc-external", dest, url=f"{base}/wbc.zip", retries=0) == dest
+    found = {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*.bmp")}
+    assert found == images  # every image, byte for byte, in the folder of its published class
+    assert sorted(p.name for p in dest.iterdir()) == [".verified", "dataset1-jtsc", "dataset2-cellavision"]
+    assert sorted(p.name for p in (dest / "dataset1-jtsc" / "masks").iterdir()) == ["001.png", "002.png",
+                                                                                      "003.png", "004.png"]
+    assert (dest / "dataset1-jtsc" / "labels.csv").read_text().startswith("image ID,class label")
+    assert "GENERAL PUBLIC LICENSE" in (dest / "dataset2-cellavision" / "LICENSE").read_text()
+    marker = json.loads((dest / ".verified").read_text())
+    assert marker["source"] == "wbc-external" and marker["sets"] == {"dataset1-jtsc": 4, "dataset2-cellavision": 2}
+    # the sorted sets are what evaluate --external reads
+    from bcc_utils.external import resolve_class_folders
+
+    root, folders = resolve_class_folders(dest / "dataset1-jtsc")
+    assert root == dest / "dataset1-jtsc" / "images" and list(folders) == ["basophil", "lymphocyte", "neutrophil"]
+    # a second call verifies the folder and does not touch the network
+    assert download("wbc-external", dest, url=_closed_port_url(), retries=0) == dest
+    assert requests == ["/wbc.zip"]
+    # an image removed by hand: refused, no longer marked
+    next((dest / "dataset1-jtsc" / "images" / "neutrophil").iterdir()).unlink()
+    with pytest.raises(RuntimeError, match="dataset1-jtsc/neutrophil: 1 images, expected 2"):
+        download("wbc-external", dest, url=_closed_port_url(), retries=0)
+    assert not (dest / ".verified").exists()
+
+
+def test_wbc_external_url_from_environment_and_cli(server, sample_root, wbc_counts, tmp_path, monkeypatch, capsys):
+    from bcc_utils.cli import main
+
+    base, www, _ = server
+    _wbc_zip(www, sample_root)
+    monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("BCC_WBC_EXTERNAL_URL", f"{base}/wbc.zip")
+    assert main(["download", "wbc-external", "--retries", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "--external" in out and "BCC_DATA_DIR" not in out  # not training data
+    assert (tmp_path / "cache" / "wbc-external" / "dataset2-cellavision" / "images" / "eosinophil").is_dir()
+
+
+def test_wbc_external_counts_that_differ_are_not_installed(server, sample_root, tmp_path):
+    base, www, _ = server
+    _wbc_zip(www, sample_root)  # the registry expects 300 and 100 images
+    dest = tmp_path / "w"
+    with pytest.raises(RuntimeError, match="does not match the published wbc-external sets") as info:
+        download("wbc-external", dest, url=f"{base}/wbc.zip", retries=0)
+    assert "dataset1-jtsc/neutrophil: 2 images, expected 176" in str(info.value)
+    assert sorted(p.name for p in dest.iterdir()) == [".unverified"]  # no set, no mark, no archive
+
+
+def test_wbc_external_labels_and_images_must_match(server, sample_root, wbc_counts, tmp_path):
+    base, www, _ = server
+    rows = {**WBC_TINY, "dataset2-cellavision": ("Dataset 2", "image ID,class", [(1, 4), (2, 3), (3, 9)])}
+    _wbc_zip(www, sample_root, rows, "badcode.zip")
+    with pytest.raises(RuntimeError, match="unexpected row '3,9'"):
+        download("wbc-external", tmp_path / "a", url=f"{base}/badcode.zip", retries=0)
+    assert not list((tmp_path / "a").glob("*.zip"))  # a foreign archive is not reused
+    _wbc_zip(www, sample_root, name="nolabel.zip")
+    with zipfile.ZipFile(www / "nolabel.zip", "a") as zf:
+        zf.writestr("segmentation_WBC-master/Dataset 2/007.bmp", _bmp(next(sample_root.glob("basophil/[!.]*.jpg"))))
+    with pytest.raises(RuntimeError, match="dataset2-cellavision: image 007.bmp has no label"):
+        download("wbc-external", tmp_path / "b", url=f"{base}/nolabel.zip", retries=0)
+
+
+def test_wbc_external_failures_say_how_to_place_the_zip(server, tmp_path):
+    base, www, requests = server
+    dest = tmp_path / "w"
+    with pytest.raises(RuntimeError) as info:
+        download("wbc-external", dest, url=f"{base}/missing.zip", retries=2)
+    message = str(info.value)
+    assert "HTTP 404" in message and SOURCES["wbc-external"]["homepage"] in message
+    assert str(dest / "segmentation_WBC-master.zip") in message and requests == ["/missing.zip"]
+    zipfile.ZipFile(www / "other.zip", "w").writestr("something/else.txt", "not the repository")
+    with pytest.raises(RuntimeError, match="not segmentation_WBC"):
+        download("wbc-external", dest, url=f"{base}/other.zip", retries=0)

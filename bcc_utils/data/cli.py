@@ -57,7 +57,9 @@ def cmd_download(args: argparse.Namespace) -> int:
     with warnings_to_stderr():
         path = download(args.source, args.dest, url=args.url, size=args.size, retries=args.retries)
     print(f"{args.source} ready at {path}")
-    if path.is_dir():
+    if args.source == "wbc-external":  # not training data: a test set for trained runs
+        print(f"use it with: python -m bcc_utils evaluate RUN/best.pt --external {path / 'dataset1-jtsc'}")
+    elif path.is_dir():
         print(f"use it with: export {DATA_ENV}={path}")
     return 0
 

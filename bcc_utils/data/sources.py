@@ -11,6 +11,12 @@ a folder that passed is marked with a :data:`VERIFIED_MARKER` file, which
 :func:`bcc_utils.paths.find_data_dir` requires before it uses a download on its
 own. A download that cannot happen ends in one :class:`RuntimeError` that
 explains how to place the files by hand.
+
+``wbc-external`` is not PBC: two small sets of white cells from other labs, for
+testing a trained run under domain shift (``python -m bcc_utils evaluate best.pt
+--external FOLDER``). It is fetched as the zip of its GitHub repository, and its
+images are sorted into class folders by the repository's label files
+(:func:`sort_wbc_external`); the cache is never searched for it as training data.
 """
 
 from __future__ import annotations
@@ -52,6 +58,25 @@ PBC_CLASS_COUNTS = {"basophil": 1218, "eosinophil": 3117, "erythroblast": 1551, 
                     "lymphocyte": 1214, "monocyte": 1420, "neutrophil": 3329, "platelet": 2348}
 _ZENODO = "https://zenodo.org/records/10519652/files/bloodmnist{}.npz?download=1"
 
+WBC_EXTERNAL_CITATION = (
+    "X. Zheng, Y. Wang, G. Wang, J. Liu, \"Fast and robust segmentation of white blood cell images by "
+    "self-supervised learning\", Micron 107 (2018) 55-71, doi:10.1016/j.micron.2018.01.010; dataset 1 by "
+    "Jiangxi Tecom Science Corporation, dataset 2 from the CellaVision blog"
+)
+#: The two sets of ``zxaoyou/segmentation_WBC``: our folder name -> its image folder, label file and counts.
+WBC_EXTERNAL_SETS: dict[str, dict] = {
+    "dataset1-jtsc": {
+        "upstream": "Dataset 1", "labels": "Class Labels of Dataset 1.csv", "n": 300,
+        "class_counts": {"neutrophil": 176, "lymphocyte": 53, "monocyte": 48, "eosinophil": 22, "basophil": 1},
+    },
+    "dataset2-cellavision": {
+        "upstream": "Dataset 2", "labels": "Class Labels of Dataset 2.csv", "n": 100,
+        "class_counts": {"lymphocyte": 37, "neutrophil": 33, "monocyte": 15, "eosinophil": 12, "basophil": 3},
+    },
+}
+#: Class codes of the label files (``image ID,class``); checked by the per-class counts above.
+WBC_LABEL_CODES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
+
 SOURCES: dict[str, dict] = {
     "pbc": {
         "description": "Original PBC archive (Mendeley Data): 17,092 JPEG images, 8 classes, mostly 360x363 px.",
@@ -92,6 +117,22 @@ SOURCES: dict[str, dict] = {
         "license": "CC BY 4.0",
         "citation": f"{MEDMNIST_CITATION}; source images: {PBC_CITATION}",
     },
+    "wbc-external": {
+        "description": "Not PBC: 400 white cells from other labs for domain-shift tests (300 Jiangxi Tecom, "
+                       "100 CellaVision blog; 5 of the 8 classes), from github.com/zxaoyou/segmentation_WBC "
+                       "(GPL-3.0; Zheng et al., Micron 107 (2018) 55-71, doi:10.1016/j.micron.2018.01.010), "
+                       "sorted into class folders by its label files.",
+        "url": "https://github.com/zxaoyou/segmentation_WBC/archive/refs/heads/master.zip",
+        "url_env": "BCC_WBC_EXTERNAL_URL",
+        "homepage": "https://github.com/zxaoyou/segmentation_WBC",
+        "filename": "segmentation_WBC-master.zip",
+        "sha256": None,  # a branch archive made on demand by GitHub: verified by counts instead
+        "layout": "<set>/images/<class>/NNN.bmp (masks in <set>/masks/NNN.png)",
+        "sets": WBC_EXTERNAL_SETS,
+        "label_codes": WBC_LABEL_CODES,
+        "license": "GPL-3.0",
+        "citation": WBC_EXTERNAL_CITATION,
+    },
 }
 
 
@@ -106,6 +147,10 @@ def manual_instructions(source: str, dest: Path, size: int = 28) -> str:
     if source == "bloodmnist":
         return (f"Place the file by hand: download {info['urls'][size]} in a browser and save it as "
                 f"{dest / bloodmnist_filename(size)} (MD5 {info['md5'][size]}), then run this again.")
+    if source == "wbc-external":
+        return (f"Place the file by hand: download {info['url']} in a browser (on {info['homepage']}: Code, "
+                f"Download ZIP), save it as {dest / info['filename']} and run this again; it is then sorted "
+                f"and verified here.")
     zip_hint = f" (or put the zip itself at {dest / info['filename']} and run this again)" if source == "pbc" else ""
     return (f"Place the files by hand: download the dataset from {info['homepage']} in a browser and "
             f"extract it into {dest}, so that you get {dest / info['layout']} with the eight class "
@@ -310,6 +355,151 @@ def _download_kaggle(dest: Path) -> Path:
     return root
 
 
+# ------------------------------------------------------------------------------------- wbc-external
+def _image_names(folder: Path) -> list[str]:
+    from bcc_utils.data.files import IMAGE_SUFFIXES
+
+    if not folder.is_dir():
+        return []
+    return sorted(f.name for f in folder.iterdir()
+                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def verify_wbc_external(root: str | os.PathLike) -> list[str]:
+    """Compare a ``wbc-external`` folder (``<set>/images/<class>/``) with the published counts; return the problems."""
+    root = Path(root)
+    problems = []
+    for name, spec in SOURCES["wbc-external"]["sets"].items():
+        images = root / name / "images"
+        if not images.is_dir():
+            problems.append(f"{name}: no images folder")
+            continue
+        found = {d.name: len(_image_names(d)) for d in images.iterdir() if d.is_dir() and not d.name.startswith(".")}
+        problems += [f"{name}/{c}: {found.get(c, 0)} images, expected {n}"
+                     for c, n in spec["class_counts"].items() if found.get(c, 0) != n]
+        problems += [f"{name}: unexpected folder {c}" for c in sorted(set(found) - set(spec["class_counts"]))]
+    return problems
+
+
+def _read_wbc_labels(path: Path, codes: dict[int, str]) -> dict[int, str]:
+    """``image ID -> class`` of a label file of ``segmentation_WBC`` (a header line, then ``id,code`` rows)."""
+    import csv
+
+    labels = {}
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        for row in csv.reader(fh):
+            cells = [c.strip() for c in row if c.strip()]
+            if not cells or not cells[0].isdigit():
+                continue  # the header (its wording differs between the two files) or a blank line
+            if len(cells) != 2 or not cells[1].isdigit() or int(cells[1]) not in codes:
+                raise ValueError(f"{path.name}: unexpected row {','.join(row)!r} (expected image ID,class code "
+                                 f"{min(codes)}-{max(codes)})")
+            labels[int(cells[0])] = codes[int(cells[1])]
+    return labels
+
+
+def _find_upstream(staging: Path) -> Path:
+    """The folder of the extracted archive that holds ``Dataset 1`` (the archive wraps it in ``<repo>-<branch>/``)."""
+    wanted = [spec["upstream"] for spec in SOURCES["wbc-external"]["sets"].values()]
+    for folder in [staging, *sorted(p for p in staging.iterdir() if p.is_dir())]:
+        if all((folder / w).is_dir() for w in wanted):
+            return folder
+    raise ValueError(f"the archive holds no folders {' and '.join(repr(w) for w in wanted)}: not segmentation_WBC?")
+
+
+def sort_wbc_external(upstream: str | os.PathLike, out: str | os.PathLike) -> list[str]:
+    """Sort the files of ``segmentation_WBC`` into ``out/<set>/images/<class>/`` by its label files.
+
+    Parameters
+    ----------
+    upstream
+        The repository's files (``Dataset 1/NNN.bmp`` images, ``Dataset 1/NNN.png`` masks, ``Class Labels of
+        Dataset 1.csv``; the same for dataset 2). Images and masks are moved, not copied.
+    out
+        Where ``<set>/images/<class>/NNN.bmp``, ``<set>/masks/NNN.png`` and ``<set>/labels.csv`` (the
+        label file as published) are made, with a copy of the repository's licence in each set.
+
+    Returns
+    -------
+    list of str
+        Problems found (an image without a label, a label without an image); empty when all matched.
+    """
+    info = SOURCES["wbc-external"]
+    upstream, out = Path(upstream), Path(out)
+    problems = []
+    for name, spec in info["sets"].items():
+        src = upstream / spec["upstream"]
+        labels = _read_wbc_labels(upstream / spec["labels"], info["label_codes"])
+        images = {int(f.stem): src / f.name for f in map(Path, _image_names(src))
+                  if f.suffix.lower() == ".bmp" and f.stem.isdigit()}
+        masks = {int(f.stem): src / f.name for f in map(Path, _image_names(src))
+                 if f.suffix.lower() == ".png" and f.stem.isdigit()}
+        problems += [f"{name}: image {images[i].name} has no label" for i in sorted(set(images) - set(labels))]
+        problems += [f"{name}: label of image {i} but no {i:03d}.bmp" for i in sorted(set(labels) - set(images))]
+        for i in sorted(set(images) & set(labels)):
+            target = out / name / "images" / labels[i] / images[i].name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(images[i], target)
+            if i in masks:
+                (out / name / "masks").mkdir(parents=True, exist_ok=True)
+                shutil.move(masks[i], out / name / "masks" / masks[i].name)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(upstream / spec["labels"], out / name / "labels.csv")
+        for licence in sorted(upstream.glob("LICEN[CS]E*")):
+            shutil.copyfile(licence, out / name / licence.name)
+    return problems
+
+
+def _download_wbc_external(dest: Path, url: str, retries: int, progress: bool, keep_archive: bool) -> Path:
+    info = SOURCES["wbc-external"]
+    present = [n for n in info["sets"] if (dest / n).exists()]
+    if present:  # an earlier download, or placed by hand: verify it again
+        problems = verify_wbc_external(dest)
+        if problems:
+            (dest / VERIFIED_MARKER).unlink(missing_ok=True)
+            raise RuntimeError(f"{dest} does not match the published wbc-external sets ({'; '.join(problems)}). "
+                               f"Delete {dest} to download it again.")
+        _mark_wbc_external(dest)
+        return dest
+    (dest / VERIFIED_MARKER).unlink(missing_ok=True)
+    archive = dest / info["filename"]
+    try:
+        archive = _fetch(url, info["filename"], None, dest, retries, progress)
+        staging = _extract(archive, dest)
+        try:
+            sorted_dir = staging / ".sorted"
+            problems = sort_wbc_external(_find_upstream(staging), sorted_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    except Exception as exc:  # noqa: BLE001 - offline, HTTP errors, bad zip, unknown layout: one clear message
+        if isinstance(exc, (zipfile.BadZipFile, ValueError)):
+            archive.unlink(missing_ok=True)  # never reuse a broken or foreign archive
+        raise RuntimeError(f"Could not download wbc-external from {url}: {_why(exc)}.\n"
+                           f"{manual_instructions('wbc-external', dest)}") from exc
+    problems += verify_wbc_external(sorted_dir)
+    if problems:  # keep the files for a look, where nothing finds them by accident
+        unverified = dest / UNVERIFIED_DIR
+        shutil.rmtree(unverified, ignore_errors=True)
+        staging.rename(unverified)
+        archive.unlink(missing_ok=True)
+        raise RuntimeError(f"The downloaded archive does not match the published wbc-external sets "
+                           f"({'; '.join(problems)}), so it was not installed; its files are in {unverified}.")
+    _publish(sorted_dir, dest)
+    shutil.rmtree(staging, ignore_errors=True)
+    _mark_wbc_external(dest)
+    shutil.rmtree(dest / UNVERIFIED_DIR, ignore_errors=True)
+    if not keep_archive:
+        archive.unlink(missing_ok=True)
+    return dest
+
+
+def _mark_wbc_external(dest: Path) -> None:
+    sets = SOURCES["wbc-external"]["sets"]
+    write_json({"source": "wbc-external", "sets": {n: s["n"] for n, s in sets.items()},
+                "verified": datetime.now(timezone.utc).isoformat(timespec="seconds")}, dest / VERIFIED_MARKER)
+
+
 def download(source: str, dest: str | os.PathLike | None = None, *, url: str | None = None, size: int = 28,
              retries: int = 2, progress: bool | None = None, keep_archive: bool = False) -> Path:
     """Fetch a dataset source into the cache (or ``dest``) and verify it.
@@ -317,11 +507,12 @@ def download(source: str, dest: str | os.PathLike | None = None, *, url: str | N
     Parameters
     ----------
     source
-        A key of :data:`SOURCES`: ``"pbc"``, ``"kaggle"`` or ``"bloodmnist"``.
+        A key of :data:`SOURCES`: ``"pbc"``, ``"kaggle"``, ``"bloodmnist"`` or ``"wbc-external"``.
     dest
         Target folder; default ``cache_dir() / source``. Data already there is verified and reused.
     url
-        Override the download URL (else ``$BCC_PBC_URL`` / ``$BCC_BLOODMNIST_URL``, else the registry's).
+        Override the download URL (else ``$BCC_PBC_URL`` / ``$BCC_BLOODMNIST_URL`` /
+        ``$BCC_WBC_EXTERNAL_URL``, else the registry's).
     size
         BloodMNIST image size: 28, 64, 128 or 224.
     retries
@@ -329,12 +520,13 @@ def download(source: str, dest: str | os.PathLike | None = None, *, url: str | N
     progress
         Show a progress bar (default: when stderr is a terminal).
     keep_archive
-        Keep the PBC zip after a verified extraction.
+        Keep the PBC (or wbc-external) zip after a verified extraction.
 
     Returns
     -------
     Path
-        The folder holding the class folders, or the ``.npz`` file for BloodMNIST. A folder
+        The folder holding the class folders, the ``.npz`` file for BloodMNIST, or for
+        ``wbc-external`` the folder holding its two sets (``<set>/images/<class>/``). A folder
         that passed verification is marked (:data:`VERIFIED_MARKER` in ``dest``), which
         :func:`bcc_utils.paths.find_data_dir` requires; a PBC archive that fails it is not
         installed (its files stay in ``dest/.unverified`` for a look).
@@ -354,6 +546,8 @@ def download(source: str, dest: str | os.PathLike | None = None, *, url: str | N
         return _download_pbc(dest, url or info["url"], retries, progress, keep_archive)
     if source == "kaggle":
         return _download_kaggle(dest)
+    if source == "wbc-external":
+        return _download_wbc_external(dest, url or info["url"], retries, progress, keep_archive)
     if size not in info["sizes"]:
         raise ValueError(f"BloodMNIST size must be one of {info['sizes']}, got {size}")
     url = url or info["urls"][size]
