@@ -2,8 +2,9 @@
 
 Each panel is an ``ipywidgets.interactive`` — the object behind ``interact`` —
 laid out in a grid; like ``interact`` (and unlike ``interact_manual``) it runs
-once with its default values when created, so a notebook executed headless
-(CI, ``python -m bcc_utils series``) still runs the code. Neither GitHub nor
+once with its default values when created (with ipywidgets 8 and with Colab's 7),
+so a notebook executed headless (CI, ``python -m bcc_utils series``) still runs
+the code. Neither GitHub nor
 nbval shows widgets: the notebooks follow every panel with a static figure.
 
 All computing is done by the library (:mod:`bcc_utils.preprocess`,
@@ -44,6 +45,22 @@ def _display(obj) -> None:
     from IPython.display import display
 
     display(obj)
+
+
+def _interactive(f, **controls):
+    """``ipywidgets.interactive(f, **controls)`` that has run ``f`` once with the defaults, on ipywidgets 7 and 8.
+
+    ipywidgets 8 runs it when the panel is created; ipywidgets 7 (Google Colab's) only when the
+    ``interactive`` object itself is displayed, which never happens here (:func:`_layout` shows its
+    controls and output instead) nor in headless runs, so there it is run now, once.
+    """
+    import ipywidgets as W
+
+    panel = W.interactive(f, **controls)
+    if int(W.__version__.split(".")[0]) < 8:
+        panel.on_displayed(panel.update, remove=True)  # not a second time when shown
+        panel.update()
+    return panel
 
 
 def _layout(panel, rows: list[list[str]]):
@@ -99,7 +116,7 @@ def clahe_explorer(images: Mapping[str, np.ndarray], display: bool = True):
         _display(fig)
         return fig
 
-    panel = W.interactive(
+    panel = _interactive(
         show,
         cell=W.Dropdown(options=names, value=names[0], description="cell", style=style),
         clip_limit=W.FloatSlider(value=2.0, min=0.5, max=10.0, step=0.5, description="clip limit",
@@ -159,8 +176,8 @@ def augmentation_explorer(image: np.ndarray, n: int = 4, display: bool = True):
         _display(fig)
         return fig
 
-    panel = W.interactive(show, draw=W.IntSlider(value=0, min=0, max=50, description="draw",
-                                                  continuous_update=False), **toggles, **sliders)
+    panel = _interactive(show, draw=W.IntSlider(value=0, min=0, max=50, description="draw",
+                                                continuous_update=False), **toggles, **sliders)
     names = list(toggles)
     slider_names = list(sliders)
     rows = [names[:5], names[5:], slider_names[:3], slider_names[3:6], slider_names[6:] + ["draw"]]
@@ -170,12 +187,21 @@ def augmentation_explorer(image: np.ndarray, n: int = 4, display: bool = True):
 
 
 def _uploaded(value) -> tuple[str, bytes] | None:
-    """``(name, bytes)`` of the last file in a ``FileUpload`` value (ipywidgets 8: a tuple of dicts)."""
-    files = list(value.values()) if isinstance(value, dict) else list(value or ())
+    """``(name, bytes)`` of the last file in a ``FileUpload`` value, or ``None`` when it holds none.
+
+    ipywidgets 8 gives a tuple of ``{"name", "type", "size", "content": memoryview, "last_modified"}``;
+    ipywidgets 7 (Google Colab's) a dict ``{file name: {"metadata": {"name", "type", "size", ...},
+    "content": bytes}}``.
+    """
+    if isinstance(value, Mapping):
+        files = [(key, f) for key, f in value.items()]
+    else:
+        files = [(None, f) for f in value or ()]
     if not files:
         return None
-    f = files[-1]
-    return f.get("name") or f.get("metadata", {}).get("name", "upload"), bytes(f["content"])
+    key, f = files[-1]
+    name = f.get("name") or (f.get("metadata") or {}).get("name") or key or "upload"
+    return str(name), bytes(f["content"])
 
 
 def prediction_panel(checkpoint, examples: Mapping[str, str | os.PathLike], temperature: float | None = None,
@@ -240,7 +266,7 @@ def prediction_panel(checkpoint, examples: Mapping[str, str | os.PathLike], temp
         _display(W.HTML(f"<b>{html.escape(result)}</b>") if isinstance(result, str) else result)
         return result
 
-    panel = W.interactive(show, image=image, file=upload)
+    panel = _interactive(show, image=image, file=upload)
     panel.temperature = temperature
     if display:
         _display(_layout(panel, [["image", "file"]]))
