@@ -12,7 +12,7 @@ import math
 import typing
 from dataclasses import dataclass
 
-AUGMENTS = ("paper", "dihedral", "none")
+AUGMENTS = ("paper", "batch", "dihedral", "none")
 BALANCES = ("none", "sampler", "loss", "both")
 SCHEDULERS = ("cosine", "onecycle", "none")
 TTAS = ("none", "dihedral")
@@ -46,10 +46,12 @@ class TrainConfig:
         CLAHE settings (paper: 2.0, 8×8; equalised on LAB lightness).
     augment : str
         ``"paper"``: full albumentations pipeline per image in DataLoader workers;
+        ``"batch"``: the same components vectorised over whole in-memory batches in the main process
+        (:mod:`bcc_utils.batch_augment`, fast on a CPU);
         ``"dihedral"``: random horizontal/vertical flips and transpose of the whole uint8 batch in
         the main process (fast on a CPU); ``"none"``.
     augment_disable : str
-        Comma-separated components of the ``"paper"`` pipeline to leave out, e.g. ``"cutout"`` or
+        Comma-separated components of the ``"paper"`` or ``"batch"`` pipeline to leave out, e.g. ``"cutout"`` or
         ``"noise,motion_blur"`` (names: :data:`bcc_utils.augment.COMPONENTS`); for ablations.
     mixup_p, mixup_alpha : float
         Probability of mixing a batch, and the Beta(alpha, alpha) parameter (0 disables mixup).
@@ -166,8 +168,8 @@ class TrainConfig:
             from bcc_utils.augment import check_component_names
 
             check_component_names(self.disabled_components)
-            if self.augment != "paper":
-                raise ValueError(f"augment_disable only applies to augment='paper', not {self.augment!r}")
+            if self.augment not in ("paper", "batch"):
+                raise ValueError(f"augment_disable only applies to augment='paper' or 'batch', not {self.augment!r}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ValueError(f"split_fractions must be three numbers summing to 1, got {self.split_fractions}")
         if self.clahe:

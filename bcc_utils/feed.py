@@ -64,8 +64,9 @@ def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: 
             order = shard
         else:
             order = torch.randperm(n, generator=g) if sampler is None else torch.as_tensor(list(sampler))
-        return MemoryBatches(*memory, batch, order, cfg.augment == "dihedral", g, drop_last,
-                             cfg.limit_train_batches)
+        flips = cfg.augment == "dihedral" or (cfg.augment == "batch" and "flip" not in cfg.disabled_components)
+        batches = MemoryBatches(*memory, batch, order, flips, g, drop_last, cfg.limit_train_batches)
+        return _Augmented(batches, cfg.disabled_components, g) if cfg.augment == "batch" else batches
     from bcc_utils.augment import build_train_transform
     from bcc_utils.cache import CachedDataset
     from bcc_utils.workers import make_loader, reseed_transform
@@ -81,6 +82,22 @@ def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: 
     if cfg.limit_train_batches:
         return _Limited(loader, cfg.limit_train_batches)
     return loader
+
+
+class _Augmented:
+    """The paper's other augmentations applied to each batch (:func:`bcc_utils.batch_augment.augment_batch`)."""
+
+    def __init__(self, batches, disable, generator):
+        self.batches, self.disable, self.generator = batches, disable, generator
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        from bcc_utils.batch_augment import augment_batch
+
+        for x, y in self.batches:
+            yield augment_batch(x, self.generator, disable=self.disable), y
 
 
 class _Limited:
