@@ -21,13 +21,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_SUFFIX = ".bcc-tmp"
-_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + r"$")
+_TEMP_RE = re.compile(r"^\..+\.(?:([A-Za-z0-9-]+)\.)?(\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + r"$")
+
+
+def _host() -> str:
+    """This machine's name, reduced to letters, digits and '-' (it becomes part of file names)."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 
 
 def temp_name(path: str | os.PathLike) -> Path:
-    """A unique, hidden temporary name beside ``path`` that :func:`remove_stale_temps` recognises."""
+    """A unique, hidden temporary name beside ``path`` (host and PID in it) that :func:`remove_stale_temps` knows."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
 @contextmanager
@@ -44,10 +51,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = temp_name(path)
     try:
         yield tmp
-        if tmp.exists():
-            with open(tmp, "rb+") as fh:  # the bytes are on disk before the rename makes them visible
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+        if not tmp.exists():  # never written, or removed by someone else: the target must not look updated
+            raise FileNotFoundError(f"the temporary file for {path} was not written or has disappeared")
+        with open(tmp, "rb+") as fh:  # the bytes are on disk before the rename makes them visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -134,6 +142,11 @@ def try_claim(path: str | os.PathLike) -> bool:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid()}
+    with locked(path):  # two processes taking over the same dead claim: only one may win
+        return _claim(path, me)
+
+
+def _claim(path: Path, me: dict) -> bool:
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -142,7 +155,7 @@ def try_claim(path: str | os.PathLike) -> bool:
                 holder = json.loads(path.read_text(encoding="utf-8") or "{}")
             except (OSError, ValueError):
                 return False  # being written right now by its creator
-            if holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", 0))):
+            if holder.get("host") == me["host"] and not pid_alive(int(holder.get("pid", 0))):
                 path.unlink(missing_ok=True)  # its process died: the work is free again
                 continue
             return False
@@ -152,11 +165,22 @@ def try_claim(path: str | os.PathLike) -> bool:
     return False
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists on this machine (also when it belongs to another user)."""
     if pid <= 0:
         return False
     if pid == os.getpid():
         return True
+    if os.name == "nt":  # os.kill(pid, 0) sends CTRL_C_EVENT on Windows; ask the kernel instead
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -180,9 +204,11 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return removed
+    host = _host()
     for f in folder.iterdir():
         m = _TEMP_RE.match(f.name)
-        if m and f.is_file() and not _pid_alive(int(m.group(1))):
+        # another machine's temporary (a shared folder) cannot be checked: it is left alone
+        if m and f.is_file() and m.group(1) in (None, host) and not pid_alive(int(m.group(2))):
             f.unlink(missing_ok=True)
             removed.append(f)
     return removed

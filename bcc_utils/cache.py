@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-from bcc_utils.atomic import atomic_path, remove_stale_temps, write_json
+from bcc_utils.atomic import atomic_path, pid_alive, remove_stale_temps, write_json
 from bcc_utils.paths import CLASSES, cache_dir as default_cache_dir
 from bcc_utils.preprocess import ClaheSettings, preprocess_image
-from bcc_utils.workers import die_with_parent, pid_alive, to_chw_tensor
+from bcc_utils.workers import die_with_parent, to_chw_tensor
 
 CACHE_FORMAT = "bcc-preprocessed-v2"  # v2: the key stamps every image's size and mtime
 #: Temporary files of versions before bcc_utils.atomic, removed like its own once their process is gone.
@@ -243,7 +243,7 @@ def build_cache(
             return PreprocessedImages(data_file, list(rows["path"]), labels, size, key, built=False)
 
     meta_file.unlink(missing_ok=True)
-    data_file.unlink(missing_ok=True)  # stale (or a rebuild was asked for): free its space before writing anew
+    # the old file stays until the new one replaces it: another run may be reading it right now
     free = shutil.disk_usage(folder).free
     if free < nbytes * 1.05:
         raise CacheBuildError(f"not enough disk space in {folder}: the cache needs {nbytes / 1e9:.2f} GB, "

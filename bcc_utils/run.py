@@ -34,8 +34,11 @@ HISTORY_JSON = "history.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 CALIBRATION = "calibration.json"
-#: Every file a run writes; a folder holding any of them holds a run.
+#: Every file a run writes.
 RUN_FILES = (MANIFEST, CONFIG, LAST, BEST, HISTORY_CSV, HISTORY_JSON, METRICS, PREDICTIONS, CALIBRATION)
+#: The files that make a folder hold a run: anything trained or measured. ``manifest.csv`` and ``config.json``
+#: alone (a run killed before its first epoch) are rewritten identically by the next start.
+RESULT_FILES = tuple(n for n in RUN_FILES if n not in (MANIFEST, CONFIG))
 #: Prefix of the hidden folder that keeps a replaced run until the new one has started.
 ASIDE_PREFIX = ".replaced-"
 
@@ -67,10 +70,10 @@ def main_run(preset: str | None = None):
     raise ValueError(f"Unknown preset {preset!r}; choose paper, cpu or smoke")
 
 
-def run_files(folder: str | os.PathLike) -> list[str]:
-    """Names of the run files present in ``folder`` (empty if none or no folder)."""
+def run_files(folder: str | os.PathLike, names=RUN_FILES) -> list[str]:
+    """Names of the run files (of ``names``) present in ``folder`` (empty if none or no folder)."""
     folder = Path(folder)
-    return [n for n in RUN_FILES if (folder / n).is_file()]
+    return [n for n in names if (folder / n).is_file()]
 
 
 class Claim:
@@ -121,7 +124,7 @@ def claim(folder: str | os.PathLike, *, overwrite: bool = False) -> Claim:
     """
     folder = Path(folder)
     present = run_files(folder)
-    if present and not overwrite:
+    if run_files(folder, RESULT_FILES) and not overwrite:
         hint = "resume it with --resume, " if LAST in present else ""
         kept = sorted(p.name for p in folder.glob(ASIDE_PREFIX + "*"))
         note = f" (a run replaced earlier but not yet superseded is kept in {folder / kept[-1]})" if kept else ""

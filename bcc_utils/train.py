@@ -150,7 +150,8 @@ def train_one_epoch(model, batches, opt, sched, cfg: TrainConfig, *, mean, std, 
     """
     from bcc_utils.models import set_train_mode
 
-    set_train_mode(model)
+    model.train()
+    set_train_mode(getattr(model, "module", model))  # frozen stages are listed on the model, not on a DDP wrapper
     tot_loss = tot_correct = seen = 0.0
     for step, (x, y) in enumerate(batches, 1):
         x, y = to_input(x, mean, std, device, channels_last), y.to(device, non_blocking=True)

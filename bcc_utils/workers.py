@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from bcc_utils.atomic import pid_alive
+
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -67,17 +69,6 @@ def die_with_parent(parent_pid: int | None = None, poll_seconds: float = 1.0) ->
         os._exit(1)  # no cleanup: the parent, who would collect results, is gone
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` exists (also when it belongs to another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
 
 
 def reseed_transform(transform: Any, seed: int | None) -> None:

@@ -65,3 +65,44 @@ def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
         f.write_bytes(b"x")
     assert remove_stale_temps(tmp_path) == [ours_dead]
     assert ours_alive.exists() and foreign.exists()
+
+
+def test_another_machines_temporaries_are_left_alone(tmp_path):
+    """On a shared folder a PID means nothing on another host: its temporaries may be alive."""
+    other = tmp_path / ".cache.u8.other-host.999999.deadbeef.bcc-tmp"
+    other.write_bytes(b"x")
+    mine = temp_name(tmp_path / "cache.u8")
+    assert mine.name.count(".") >= 5  # .name.host.pid.token.bcc-tmp
+    assert remove_stale_temps(tmp_path) == [] and other.exists()
+
+
+def test_a_temporary_that_vanished_is_an_error_not_a_silent_success(tmp_path):
+    target = tmp_path / "model.onnx"
+    with pytest.raises(FileNotFoundError, match="not written or has disappeared"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            tmp.unlink()  # e.g. removed by a cleaner that thought its writer dead
+    assert not target.exists()
+
+
+def test_two_takeovers_of_one_dead_claim_give_one_winner(tmp_path):
+    import socket
+    import threading
+
+    from bcc_utils.atomic import try_claim
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    wins = []
+    for _ in range(20):
+        claim = tmp_path / "run.claim"
+        claim.write_text(json.dumps({"host": socket.gethostname(), "pid": dead}))
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(try_claim(claim))) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wins.append(sum(results))
+        claim.unlink()
+    assert wins == [1] * 20

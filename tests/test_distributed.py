@@ -99,3 +99,25 @@ def test_rank_0_refusing_the_folder_stops_every_process(data_dir, tmp_path, env)
     assert r.returncode != 0 and "already holds a run" in r.stderr
     assert (out / "metrics.json").read_text() == "{}"
     shutil.rmtree(out)
+
+
+def test_frozen_stages_stay_frozen_under_ddp(data_dir, tmp_path, env):
+    """Batch-norm statistics of frozen stages must not move: DDP wraps the model, the frozen list is on the model."""
+    import torch
+
+    from bcc_utils.checkpoint import seed_everything
+    from bcc_utils.config import TrainConfig
+    from bcc_utils.train import build_model
+
+    out = tmp_path / "frozen"
+    r = torchrun(["train", *SMOKE, "--set", "freeze_blocks=2", "--data-dir", str(data_dir), "--out", str(out)], env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    seed_everything(cfg.seed)
+    fresh = build_model(cfg).state_dict()
+    frozen = [k for k in fresh if k.startswith(("conv_stem", "bn1", "blocks.0.", "blocks.1.")) and "running_mean" in k]
+    trained = [k for k in fresh if k.startswith("blocks.5.") and "running_mean" in k]
+    assert frozen and trained
+    assert all(torch.equal(ckpt["model"][k], fresh[k]) for k in frozen)
+    assert not all(torch.equal(ckpt["model"][k], fresh[k]) for k in trained)

@@ -329,3 +329,14 @@ def test_train_refuses_a_dataset_missing_classes_unless_asked(sample_root, tmp_p
     assert main(train_cmd(data, out, "--allow-missing-classes")) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["test"]["per_class"]["basophil"]["support"] == 0
+
+
+def test_a_run_killed_before_its_first_epoch_can_simply_be_started_again(finished, data_dir, tmp_path):
+    """Only manifest.csv and config.json were written (a hard kill during preprocessing): that is not a run."""
+    out = tmp_path / "killed-early"
+    out.mkdir()
+    for name in ("manifest.csv", "config.json"):
+        shutil.copy(finished / name, out / name)
+    assert main(train_cmd(data_dir, out)) == 0
+    assert (out / "metrics.json").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(runfiles.ASIDE_PREFIX)]

@@ -35,7 +35,7 @@ import numpy as np
 from bcc_utils.atomic import write_json
 from bcc_utils.data.locate import class_folders, locate_root, warn
 from bcc_utils.paths import CLASSES, DATA_ENV, cache_dir
-from bcc_utils.workers import pid_alive
+from bcc_utils.atomic import pid_alive
 
 #: File in a download folder (``cache_dir() / source``) saying that its contents passed verification.
 VERIFIED_MARKER = ".verified"
