@@ -73,7 +73,8 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 def rgb_to_hed(rgb: np.ndarray) -> np.ndarray:
     """Haematoxylin, eosin and DAB optical densities (colour deconvolution), float32 HxWx3, ≥ 0.
 
-    The same formula as ``skimage.color.rgb2hed`` (scikit-image is not a dependency): optical density
+    Written after the definition of ``skimage.color.rgb2hed`` (scikit-image is not a dependency; a test
+    compares the two where it is installed): optical density
     ``log(rgb) / log(1e-6)`` (with ``rgb`` in 0–1, at least 1e-6) times :data:`HED_FROM_RGB`, negatives
     set to 0. Why optical density: stain absorbs light multiplicatively (Beer–Lambert), so in the log
     domain the dyes add up and can be separated linearly.
