@@ -111,6 +111,7 @@ def run_series(
         cell_timeout = default_cell if cell_timeout is None else cell_timeout
         notebook_timeout = default_notebook if notebook_timeout is None else notebook_timeout
 
+    books = [Path(p) for p in notebooks] if notebooks is not None else list_notebooks(select)  # a typo fails first
     out = Path(out_dir).resolve()
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,6 @@ def run_series(
     os.environ[RUNS_ENV] = str(out / "runs")
     os.environ[SMOKE_ENV] = "1" if smoke else "0"
 
-    books = [Path(p) for p in notebooks] if notebooks is not None else list_notebooks(select)
     report = []
     for path in books:
         nb = nbformat.read(path, as_version=4)

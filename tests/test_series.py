@@ -72,3 +72,13 @@ def test_time_limits_must_be_positive_seconds(value, capsys):
     with pytest.raises(SystemExit):
         main(["series", "--cell-timeout", value])
     assert "positive, finite number of seconds" in capsys.readouterr().err
+
+
+def test_a_selection_that_matches_nothing_fails_before_any_download(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("BCC_DATA_DIR", raising=False)
+    monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "empty-cache"))  # no data: a download would be the next step
+    from bcc_utils.cli import main as cli_main  # the real command line, which turns errors into one line
+
+    assert cli_main(["series", "--only", "99", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "No notebook matches" in err and "download" not in err.lower()
