@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_SUFFIX = ".bcc-tmp"
-_TEMP_RE = re.compile(r"^\..+\.(?:([A-Za-z0-9-]+)\.)?(\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + r"$")
+_TEMP_RE = re.compile(r"^\..+\.([A-Za-z0-9-]+)\.(\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + r"$")
 
 
 def _host() -> str:
@@ -142,7 +142,7 @@ def try_claim(path: str | os.PathLike) -> bool:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid()}
-    with locked(path):  # two processes taking over the same dead claim: only one may win
+    with locked(path.parent / ".takeover"):  # two processes taking over the same dead claim: only one may win
         return _claim(path, me)
 
 
@@ -208,7 +208,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     for f in folder.iterdir():
         m = _TEMP_RE.match(f.name)
         # another machine's temporary (a shared folder) cannot be checked: it is left alone
-        if m and f.is_file() and m.group(1) in (None, host) and not pid_alive(int(m.group(2))):
+        if m and f.is_file() and m.group(1) == host and not pid_alive(int(m.group(2))):
             f.unlink(missing_ok=True)
             removed.append(f)
     return removed

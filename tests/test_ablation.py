@@ -141,7 +141,7 @@ def test_two_processes_share_one_grid_each_run_trained_once(data_dir, tmp_path):
     assert len(grid["invocations"]) == 2 and sorted(runs) == sorted(f"{v}-s{s}" for v in ("full", "no_cutout",
                                                                                             "no_mixup") for s in (0, 1))
     assert len(list((tmp_path / "res").glob("*-s*.json"))) == 6
-    assert not list((tmp_path / "res" / ".claims").iterdir())
+    assert not list((tmp_path / "res" / ".claims").glob("*.claim"))  # every claim released
 
 
 def test_a_claim_of_a_dead_process_is_taken_over_and_a_live_one_respected(tmp_path):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bcc_utils.atomic import atomic_path, remove_stale_temps, temp_name, update_json, write_json
+from bcc_utils.atomic import _host, atomic_path, remove_stale_temps, temp_name, update_json, write_json
 
 
 def _append_many(path: str, who: int, n: int) -> None:
@@ -58,8 +58,9 @@ def test_nan_is_not_written_as_a_result(tmp_path):
 def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)
-    ours_dead = tmp_path / f".cache.u8.{dead}.deadbeef.bcc-tmp"
-    ours_alive = tmp_path / f".cache.u8.{os.getpid()}.deadbeef.bcc-tmp"
+    host = _host()
+    ours_dead = tmp_path / f".cache.u8.{host}.{dead}.deadbeef.bcc-tmp"
+    ours_alive = tmp_path / f".cache.u8.{host}.{os.getpid()}.deadbeef.bcc-tmp"
     foreign = tmp_path / ".cache.u8.tmp-123"
     for f in (ours_dead, ours_alive, foreign):
         f.write_bytes(b"x")

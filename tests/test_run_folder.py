@@ -125,8 +125,10 @@ def test_train_removes_only_its_own_dead_temporaries(finished, data_dir, tmp_pat
     run = Path(shutil.copytree(finished, tmp_path / "run"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    ours_dead = run / f".last.pt.{dead}.0123abcd.bcc-tmp"
-    ours_alive = run / f".best.pt.{__import__('os').getpid()}.0123abcd.bcc-tmp"
+    from bcc_utils.atomic import _host
+
+    ours_dead = run / f".last.pt.{_host()}.{dead}.0123abcd.bcc-tmp"
+    ours_alive = run / f".best.pt.{_host()}.{__import__('os').getpid()}.0123abcd.bcc-tmp"
     foreign = [run / ".notes.tmp", run / ".last.pt.123.tmp", run / "editor.swp.tmp"]
     for f in (ours_dead, ours_alive, *foreign):
         f.write_text("x")
