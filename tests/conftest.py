@@ -70,3 +70,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setup_colab():
+    """``colab/setup_colab.py`` imported as a module (it is a script beside the package, not part of it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("setup_colab", Path(__file__).resolve().parent.parent / "colab"
+                                                  / "setup_colab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -40,6 +40,14 @@ def _real_jpgs(root: Path, label: str, n: int) -> list[Path]:
     return sorted(p for p in (root / label).iterdir() if not p.name.startswith("."))[:n]
 
 
+def _one_image_per_class(sample_root: Path, root: Path) -> None:
+    """A small dataset folder: the eight class folders, one real image each."""
+    for label in CLASSES:
+        (root / label).mkdir(parents=True)
+        for src in _real_jpgs(sample_root, label, 1):
+            shutil.copy(src, root / label / src.name)
+
+
 # --- the real sample -------------------------------------------------------------------------
 
 def test_only_the_ds_store_file_is_skipped_with_a_warning(sample_scan):
@@ -242,10 +250,7 @@ def test_truncated_jpeg_with_end_marker_is_refused_silently(tmp_path, source_jpg
 
 def test_truncated_jpeg_with_end_marker_is_skipped_by_scan(tmp_path, sample_root):
     root = tmp_path / "data"
-    for label in CLASSES:
-        (root / label).mkdir(parents=True)
-        for src in _real_jpgs(sample_root, label, 1):
-            shutil.copy(src, root / label / src.name)
+    _one_image_per_class(sample_root, root)
     victim = _real_jpgs(sample_root, "eosinophil", 2)[1]
     _cut_with_end_marker(victim, root / "eosinophil" / victim.name)
     with pytest.warns(DataWarning, match=re.escape(victim.name) + ".*truncated"):
@@ -280,10 +285,7 @@ def test_decoy_class_folder_is_not_taken_for_the_dataset(tmp_path, sample_root):
     for src in _real_jpgs(sample_root, "neutrophil", 2):
         shutil.copy(src, decoy / src.name)
     real = top / "PBC_dataset_normal_DIB"
-    for label in CLASSES:
-        (real / label).mkdir(parents=True)
-        for src in _real_jpgs(sample_root, label, 1):
-            shutil.copy(src, real / label / src.name)
+    _one_image_per_class(sample_root, real)
     assert locate_root(top) == real
     assert set(scan(top).records["label"]) == set(CLASSES)
 
@@ -292,10 +294,7 @@ def test_require_classes(tmp_path, sample_root):
     from bcc_utils.data import require_classes
 
     root = tmp_path / "data"
-    for label in CLASSES:
-        (root / label).mkdir(parents=True)
-        for src in _real_jpgs(sample_root, label, 1):
-            shutil.copy(src, root / label / src.name)
+    _one_image_per_class(sample_root, root)
     assert require_classes(tmp_path) == []
     shutil.rmtree(root / "basophil")
     shutil.rmtree(root / "ig")

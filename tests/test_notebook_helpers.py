@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import sys
 from pathlib import Path
@@ -167,14 +166,6 @@ def test_before_after_with_histograms(rgb):
 
 
 # ---------------------------------------------------------------- colab/setup_colab.py
-@pytest.fixture(scope="module")
-def setup_colab():
-    spec = importlib.util.spec_from_file_location("setup_colab", REPO / "colab" / "setup_colab.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_colab_install_pins_the_installed_torch(setup_colab):
     versions = setup_colab.installed_versions()
     assert torch.__version__.startswith(versions["torch"])  # the distribution's version (a local label may differ)
