@@ -3,8 +3,9 @@
 * :func:`ece` and :func:`reliability_table` — expected calibration error with equal-width confidence
   bins (Guo et al. 2017; 15 bins by default).
 * :func:`fit_temperature` — one scalar ``T`` that divides the logits, fitted on the *validation*
-  split by minimising the negative log-likelihood. Dividing every logit by the same positive number
-  never changes which class is largest, so accuracy stays exactly the same. (With test-time
+  split by minimising the negative log-likelihood; :func:`confidence_direction` reads it (``T < 1``:
+  the model was under-confident, ``T > 1``: over-confident). Dividing every logit by the same
+  positive number never changes which class is largest, so accuracy stays exactly the same. (With test-time
   augmentation the softmax of several views is averaged; there a temperature can, rarely, swap
   the top two classes of a near-tie.)
 * :func:`selective_curve` and :func:`threshold_for_accuracy` — "refer when unsure": keep the
@@ -173,6 +174,19 @@ def at_threshold(prob, y, threshold: float) -> dict:
             "referred": int(len(y) - n_keep)}
 
 
+def confidence_direction(temperature: float, tol: float = 0.05) -> str:
+    """What a temperature fitted on held-out data says about the model's confidence.
+
+    ``"under-confident"`` when ``T < 1`` (dividing the logits by ``T`` sharpens the probabilities),
+    ``"over-confident"`` when ``T > 1`` (it flattens them), ``"calibrated"`` when ``|log T| < tol``.
+    """
+    if not temperature > 0:
+        raise ValueError(f"a temperature must be > 0, got {temperature}")
+    if abs(np.log(temperature)) < tol:
+        return "calibrated"
+    return "under-confident" if temperature < 1 else "over-confident"
+
+
 def summary(prob, y, n_bins: int = 15) -> dict:
     """``accuracy, ece, nll, mean_confidence`` of one set of predictions."""
     prob, y = _check(prob, y)
@@ -181,11 +195,12 @@ def summary(prob, y, n_bins: int = 15) -> dict:
 
 
 def split_logits(checkpoint, data_dir=None, splits=("val", "test"), tta: str = "dihedral", cache_dir=None,
-                 device: str = "auto", progress: bool = False) -> dict:
+                 device: str = "auto", progress: bool = False, limit: int | None = None) -> dict:
     """Logits of a checkpoint on splits of its own manifest: ``{split: (V×N×K logits, y, seconds)}``.
 
     With ``tta="dihedral"`` view 0 is the plain image, so one pass gives both the single-view and
-    the TTA predictions.
+    the TTA predictions. ``limit`` keeps only the first images of each split: enough to time a
+    setting without running the whole split again (notebook 08).
     """
     from bcc_utils.config import TrainConfig
     from bcc_utils.device import amp_dtype, resolve_device
@@ -198,7 +213,7 @@ def split_logits(checkpoint, data_dir=None, splits=("val", "test"), tta: str = "
     classes, out = list(ckpt["classes"]), {}
     for split in splits:
         part = manifest[manifest["split"] == split]
-        rows = np.array([images.index_of(p) for p in part["path"]])
+        rows = np.array([images.index_of(p) for p in part["path"]])[:limit]
         t0 = time.perf_counter()
         z = predict_logits(model, images.array, rows, mean=ckpt["norm"]["mean"], std=ckpt["norm"]["std"],
                            device=dev, batch_size=cfg.eval_batch_size, tta=tta, channels_last=cfg.channels_last,
@@ -274,6 +289,6 @@ def calibrate_run(checkpoint, data_dir=None, n_bins: int = 15, cache_dir=None, d
     return {**report, "logits": logits}
 
 
-__all__ = ["reliability_table", "ece", "nll", "scaled_proba", "fit_temperature", "selective_curve",
-           "threshold_for_accuracy", "at_threshold", "summary", "split_logits", "compare_views", "calibrate_run", "load_temperature",
-           "CALIBRATION_FILE"]
+__all__ = ["reliability_table", "ece", "nll", "scaled_proba", "fit_temperature", "confidence_direction",
+           "selective_curve", "threshold_for_accuracy", "at_threshold", "summary", "split_logits", "compare_views",
+           "calibrate_run", "load_temperature", "CALIBRATION_FILE"]

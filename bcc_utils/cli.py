@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bcc_utils.train_cli",  # train, evaluate, predict
     "bcc_utils.bench",  # bench pipeline, bench latency
     "bcc_utils.export",  # export (ONNX + sidecar)
+    "bcc_utils.explain_cli",  # explain (class activation maps and their share on the cell)
 )
 
 

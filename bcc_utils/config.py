@@ -219,6 +219,13 @@ PRESETS: dict[str, TrainConfig] = {
         label_smoothing=0.1, epochs=5, batch_size=64, tta="dihedral", eval_batch_size=64,
         onecycle_pct_start=0.15,
     ),
+    # Notebook 05 on 2 CPU cores: a residual network trained from scratch (random init) at 64 px; next to the
+    # `cpu` preset it shows what ImageNet pretraining buys.
+    "resnet18-cpu": dataclasses.replace(
+        PAPER, preset="resnet18-cpu", model="resnet18", weights="none", img_size=64, augment="dihedral",
+        mixup_p=0.0, balance="none", lr=3e-3, weight_decay=0.05, scheduler="onecycle", onecycle_pct_start=0.2,
+        label_smoothing=0.1, epochs=8, batch_size=64, tta="dihedral", eval_batch_size=128,
+    ),
     # Seconds, for CI and notebook smoke runs: tiny inputs, random init, one epoch.
     "smoke": dataclasses.replace(
         PAPER, preset="smoke", model="mobilenetv3_small_050", weights="none", img_size=48, augment="dihedral",
@@ -262,7 +269,7 @@ def config_for(preset: str | None = "paper", /, **overrides) -> TrainConfig:
     Parameters
     ----------
     preset
-        ``"paper"``, ``"cpu"`` or ``"smoke"`` (``None``: the dataclass defaults).
+        ``"paper"``, ``"cpu"``, ``"resnet18-cpu"`` or ``"smoke"`` (``None``: the dataclass defaults).
     **overrides
         Field values; unknown names and wrong types raise ``ValueError`` naming the valid fields.
     """

@@ -6,12 +6,15 @@ measures how much a map depends on the trained weights (Adebayo et al. 2018, *Sa
 Saliency Maps*): a map computed with randomly re-initialised weights should look *different*. If it
 does not, the map shows the image (edges, the dark nucleus), not what the model learned.
 
-Figures are in :mod:`bcc_utils.explain_plots`.
+Which layer to explain is measured, not assumed: :func:`localisation_table` gives, per layer and method,
+the share of the map's heat on the cell (:func:`center_share`). Figures are in
+:mod:`bcc_utils.explain_plots`; the command ``python -m bcc_utils explain`` is in :mod:`bcc_utils.explain_cli`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import islice
 
 import numpy as np
 import torch
@@ -70,13 +73,67 @@ def find_target_layer(model: nn.Module, img_size: int = 224) -> tuple[str, nn.Mo
     raise ValueError(f"no module of {type(model).__name__} outputs the feature map {tuple(features.shape)}")
 
 
+def resolve_layer(model: nn.Module, layer: str | nn.Module | None = None, img_size: int = 224) -> tuple[str, nn.Module]:
+    """``(name, module)`` of the layer to explain: ``None`` is the last feature map (:func:`find_target_layer`).
+
+    A name is looked up in ``model.named_modules()``; an unknown name raises a ``ValueError`` that lists
+    the candidates (:func:`candidate_layers`), so a typo on the command line ends in one useful line.
+    """
+    if layer is None:
+        return find_target_layer(model, img_size)
+    if isinstance(layer, nn.Module):
+        name = next((n for n, m in model.named_modules() if m is layer), None)
+        if name is None:
+            raise ValueError(f"the target layer {type(layer).__name__} is not a module of this model")
+        return name, layer
+    named = dict(model.named_modules())
+    if not layer or layer not in named:
+        raise ValueError(f"no layer {layer!r} in {type(model).__name__}; try one of "
+                         f"{', '.join(candidate_layers(model, img_size))}")
+    return layer, named[layer]
+
+
+def candidate_layers(model: nn.Module, img_size: int = 224) -> dict[str, int]:
+    """``{layer name: stride}`` of the layers worth explaining, shallow to deep.
+
+    Every stage of the network (the children of ``model.blocks`` for timm EfficientNets and
+    MobileNets, else the stage outputs of :func:`stage_layers`) and the last feature map. The
+    stride is measured (input side / feature-map side) on a dummy input of ``img_size``.
+    """
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential):
+        names = [f"blocks.{i}" for i in range(len(blocks))]
+    else:
+        names = [n for _, n in sorted(stage_layers(model).items())]
+    names.append(find_target_layer(model, img_size)[0])
+    return layer_strides(model, list(dict.fromkeys(names)), img_size)
+
+
+def layer_strides(model: nn.Module, names: Sequence[str], img_size: int = 224) -> dict[str, int]:
+    """``{name: input side / side of the layer's output}``, measured on a dummy input of ``img_size``."""
+    named = dict(model.named_modules())
+    sides: dict[str, int] = {}
+    hooks = [named[n].register_forward_hook(lambda m, i, o, n=n: sides.update({n: o.shape[-1]})) for n in names]
+    p = next(model.parameters())
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            model.eval().forward_features(torch.zeros(1, 3, img_size, img_size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes.items():
+            m.train(training)
+    return {n: round(img_size / sides[n]) for n in names}
+
+
 def _channels_last(model: nn.Module) -> bool:
     w = next((p for p in model.parameters() if p.ndim == 4), None)
     return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
 
 
 def cam_maps(model: nn.Module, images, mean, std, targets: Sequence[int] | None = None, method: str = "gradcam",
-             device=None, batch_size: int = 16, target_layer: nn.Module | None = None) -> np.ndarray:
+             device=None, batch_size: int = 16, target_layer: str | nn.Module | None = None) -> np.ndarray:
     """Class activation maps of uint8 N×H×W×3 images (already preprocessed as for the model).
 
     Gradients are taken with respect to the input, with every parameter's ``requires_grad`` switched
@@ -98,12 +155,13 @@ def cam_maps(model: nn.Module, images, mean, std, targets: Sequence[int] | None 
     device
         Where the model is (default: the device of its parameters).
     target_layer
-        Layer to explain (default: :func:`find_target_layer`).
+        Layer to explain, a module or its name (default: the last feature map, :func:`find_target_layer`).
 
     Returns
     -------
     numpy.ndarray
-        float32 N×H×W, each map scaled to [0, 1] (all zeros if nothing supports the class).
+        float32 N×H×W: the layer's map (negative part cut off), resized bilinearly to the input
+        size and min-max scaled to [0, 1]; all zeros if nothing supports the class.
     """
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -116,7 +174,7 @@ def cam_maps(model: nn.Module, images, mean, std, targets: Sequence[int] | None 
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 N×H×W×3 images, got {images.dtype} {images.shape}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    layer = target_layer if target_layer is not None else find_target_layer(model, images.shape[1])[1]
+    layer = resolve_layer(model, target_layer, images.shape[1])[1]
     modes = {m: m.training for m in model.modules()}
     state = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     for p, *_ in state:
@@ -201,10 +259,12 @@ def edge_maps(images: np.ndarray) -> np.ndarray:
 
 
 def sanity_check(model: nn.Module, images, mean, std, seed: int = 0, method: str = "gradcam",
-                 targets: Sequence[int] | None = None, return_maps: bool = False):
+                 targets: Sequence[int] | None = None, return_maps: bool = False, target_layer: str | None = None):
     """Model-randomisation test (Adebayo et al. 2018): trained vs randomised-weights maps, per image.
 
-    Both models explain the same class (the trained model's prediction unless ``targets`` is given).
+    Both models explain the same class (the trained model's prediction unless ``targets`` is given)
+    at the same layer, given by name (``target_layer``; default: the last feature map) because the
+    randomised copy has modules of its own.
 
     Returns
     -------
@@ -221,13 +281,15 @@ def sanity_check(model: nn.Module, images, mean, std, seed: int = 0, method: str
 
     from bcc_utils.inference import predict_logits
 
+    if target_layer is not None and not isinstance(target_layer, str):
+        raise ValueError("give the target layer by name: the randomised copy has its own modules")
     images = np.asarray(images)
     if targets is None:
         targets = predict_logits(model, images, mean=mean, std=std, device=next(model.parameters()).device,
                                  channels_last=_channels_last(model))[0].argmax(1)
     targets = np.asarray(targets, dtype=np.int64)
-    trained = cam_maps(model, images, mean, std, targets, method)
-    random = cam_maps(randomized_copy(model, seed), images, mean, std, targets, method)
+    trained = cam_maps(model, images, mean, std, targets, method, target_layer=target_layer)
+    random = cam_maps(randomized_copy(model, seed), images, mean, std, targets, method, target_layer=target_layer)
     table = pd.DataFrame({
         "target": targets,
         "spearman_random": map_similarity(trained, random),
@@ -265,16 +327,118 @@ def stage_layers(model: nn.Module) -> dict[int, str]:
     return {int(e["reduction"]): e["module"] for e in entries}
 
 
-def overlay(rgb_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """The map as a jet-coloured heatmap over the image (``alpha`` = weight of the heatmap); uint8 RGB."""
+def localisation_table(model: nn.Module, images, mean, std, layers: Mapping[str, int] | Sequence[str] | None = None,
+                       methods: Sequence[str] = tuple(METHODS), targets: Sequence[int] | None = None,
+                       frac: float = 0.5):
+    """Mean :func:`center_share` of the maps of each layer × method: which maps are on the cell.
+
+    Parameters
+    ----------
+    layers
+        Layer names (or ``{name: stride}``); default :func:`candidate_layers`.
+    methods
+        Keys of :data:`METHODS`.
+    targets
+        Class per image; ``None``: the predicted class (the same for every layer and method).
+    frac
+        Side of the central square, as a fraction of the image side (uniform map: ``frac**2``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per layer and method: ``layer``, ``stride``, ``side`` (of its map), ``method``,
+        ``share`` (mean over the images with a non-blank map), ``sem`` (its standard error), ``n``
+        (images) and ``blank`` (maps that are all zero: no evidence for the class at that layer).
+    """
+    import pandas as pd
+
+    from bcc_utils.inference import predict_logits
+
+    images = np.asarray(images)
+    if layers is None:
+        layers = candidate_layers(model, images.shape[1])
+    if not isinstance(layers, Mapping):
+        layers = layer_strides(model, [resolve_layer(model, n, images.shape[1])[0] for n in layers], images.shape[1])
+    if targets is None:
+        targets = predict_logits(model, images, mean=mean, std=std, device=next(model.parameters()).device,
+                                 channels_last=_channels_last(model))[0].argmax(1)
+    rows = []
+    for name, stride in layers.items():
+        for method in methods:
+            share = center_share(cam_maps(model, images, mean, std, targets, method, target_layer=name), frac)
+            ok = share[np.isfinite(share)]
+            rows.append({"layer": name, "stride": stride, "side": round(images.shape[1] / stride), "method": method,
+                         "share": ok.mean() if len(ok) else np.nan,
+                         "sem": ok.std(ddof=1) / np.sqrt(len(ok)) if len(ok) > 1 else np.nan,
+                         "n": len(share), "blank": int(len(share) - len(ok))})
+    return pd.DataFrame(rows)
+
+
+def overlay(rgb_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:
+    """The map in a perceptual colormap (``inferno``: dark = 0, bright = 1) blended over the image; uint8 RGB.
+
+    ``alpha`` is the weight of the map. The map is resized bilinearly if it is not the image's size.
+    """
     import cv2
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from matplotlib import colormaps
 
     cam = np.asarray(cam, np.float32)
     if cam.shape != rgb_uint8.shape[:2]:
         cam = cv2.resize(cam, (rgb_uint8.shape[1], rgb_uint8.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return show_cam_on_image(rgb_uint8.astype(np.float32) / 255.0, np.clip(cam, 0, 1), use_rgb=True,
-                             image_weight=1.0 - alpha)
+    heat = colormaps[cmap](np.clip(cam, 0, 1))[..., :3]
+    out = (1 - alpha) * rgb_uint8.astype(np.float32) / 255.0 + alpha * heat
+    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+def explain_images(checkpoint, inputs, target_layer: str | None = None, method: str = "gradcam",
+                   temperature: float | None = None, device: str = "cpu", batch_size: int = 32,
+                   frac: float = 0.5) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
+    """Classify image files and explain each prediction: what ``python -m bcc_utils explain`` writes.
+
+    Parameters
+    ----------
+    checkpoint
+        Path of ``best.pt`` or a ``(model, ckpt)`` pair (:func:`bcc_utils.run.load_model`).
+    inputs
+        Image files and/or folders (:func:`bcc_utils.data.files.iter_images`).
+    target_layer
+        Layer name; ``None``: the last feature map.
+    temperature
+        As in :func:`bcc_utils.inference.predict_images` (``None``: the run's calibration, else 1).
+
+    Yields
+    ------
+    (dict, numpy.ndarray, numpy.ndarray)
+        ``{"file", "class", "confidence", "layer", "method", "center_share"}`` (``None`` for a blank
+        map), the image resized to the model's input size, and the map (H×W in [0, 1]). The class is
+        the prediction of :func:`bcc_utils.inference.predict_proba` (with the run's test-time
+        augmentation); the map explains that class.
+    """
+    from bcc_utils.config import TrainConfig
+    from bcc_utils.data.files import iter_images
+    from bcc_utils.inference import predict_proba, resolve_device
+    from bcc_utils.run import load_model, load_temperature
+
+    if method not in METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    if temperature is None:
+        temperature = 1.0 if isinstance(checkpoint, tuple) else load_temperature(checkpoint)
+    dev = resolve_device(device)
+    model, ckpt = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint, dev)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    classes, (mean, std) = list(ckpt["classes"]), (ckpt["norm"]["mean"], ckpt["norm"]["std"])
+    layer = resolve_layer(model, target_layer, cfg.img_size)[0]  # a bad name fails before any image is read
+    files = iter_images(inputs)
+    while batch := [(f, model_views(ckpt, rgb)) for f, rgb in islice(files, batch_size)]:
+        originals = np.stack([v[0] for _, v in batch])
+        x = np.stack([v[1] for _, v in batch])
+        prob = predict_proba(model, x, mean=mean, std=std, device=dev, tta=cfg.tta,
+                             channels_last=cfg.channels_last, temperature=temperature)
+        pred = prob.argmax(1)
+        maps = cam_maps(model, x, mean, std, pred, method, device=dev, target_layer=layer)
+        for (f, _), p, k, cam, rgb, share in zip(batch, prob, pred, maps, originals, center_share(maps, frac)):
+            yield ({"file": str(f), "class": classes[k], "confidence": float(p[k]), "layer": layer, "method": method,
+                    "center_share": float(share) if np.isfinite(share) else None}, rgb, cam)
 
 
 def model_views(ckpt: dict, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -151,8 +151,9 @@ def count_bars(
 ) -> Figure:
     """Horizontal bars of counts, each labelled with its number.
 
-    With ``highlight_ratio`` the largest and smallest non-zero bars are coloured
-    and the ratio between them is written in the title.
+    With ``highlight_ratio`` the largest and smallest non-zero bars are coloured,
+    labelled "(largest)" and "(smallest)", and the ratio between them is written
+    in the title.
     """
     names = list(counts)
     values = np.array([counts[k] for k in names], dtype=float)
@@ -167,31 +168,112 @@ def count_bars(
     y = np.arange(len(names))[::-1]
     ax.barh(y, values, color=colors)
     ax.set_yticks(y, names)
-    for yi, v in zip(y, values):
-        ax.text(v, yi, f" {int(v):,}", va="center", fontsize=8)
-    ax.set_xlim(0, values.max() * 1.15 if len(values) else 1)
+    notes = {c: f" ({word})" for c, word in (("tab:red", "largest"), ("tab:orange", "smallest"))}
+    for yi, v, c in zip(y, values, colors):  # the coloured bars say what their colour means
+        ax.text(v, yi, f" {int(v):,}{notes.get(c, '') if c != color else ''}", va="center", fontsize=8)
+    ax.set_xlim(0, values.max() * 1.3 if len(values) else 1)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     fig.tight_layout()
     return fig
 
 
-def size_bars(size_counts: Mapping[str, int], title: str = "Image sizes (width × height)") -> Figure:
-    """Bars of image-size counts on a log axis, so that rare sizes stay visible."""
+def size_bars(
+    size_counts: Mapping[str, int],
+    title: str = "Image sizes (width × height)",
+    stated: str | None = "360x363",
+    log: bool | None = None,
+) -> Figure:
+    """Bars of image-size counts, each labelled with its number.
+
+    Parameters
+    ----------
+    size_counts
+        ``{"WIDTHxHEIGHT": count}``, largest first.
+    stated
+        The size a paper states: its bar is blue, all others orange, and a
+        legend says so (``None``: every bar blue, no legend).
+    log
+        Log axis; ``None`` chooses it only where rare sizes would be invisible
+        on a linear axis (largest/smallest count above 50).
+    """
     names = list(size_counts)
     values = [size_counts[k] for k in names]
-    fig = Figure(figsize=(6.0, 0.3 * len(names) + 0.9))
+    if log is None:
+        log = bool(values) and max(values) / max(1, min(values)) > 50
+    fig = Figure(figsize=(6.0, 0.3 * len(names) + 1.0))
     ax = fig.subplots()
     y = np.arange(len(names))[::-1]
-    ax.barh(y, values, color=["tab:blue"] + ["tab:orange"] * (len(names) - 1))
+    is_stated = [n == stated for n in names]
+    colors = ["tab:blue" if s or stated is None else "tab:orange" for s in is_stated]
+    ax.barh(y, values, color=colors)
     ax.set_yticks(y, [n.replace("x", " × ") for n in names])
-    ax.set_xscale("log")
     for yi, v in zip(y, values):
         ax.text(v, yi, f" {v:,}", va="center", fontsize=8)
-    ax.set_xlim(0.8, max(values) * 4)
-    ax.set_xlabel("images (log scale)")
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(0.8, max(values) * 4)
+        ax.set_xlabel("images (log scale)")
+    else:
+        ax.set_xlim(0, max(values, default=1) * 1.15)
+        ax.set_xlabel("images")
+    if stated is not None:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color="tab:blue", label=f"the stated size ({stated.replace('x', ' × ')})"),
+                   Patch(color="tab:orange", label="other sizes")]
+        ax.legend(handles=handles, fontsize=8, frameon=False, loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def pipeline_diagram(
+    stages: Sequence[str],
+    kinds: Sequence[str] | None = None,
+    title: str | None = None,
+    box_width: float = 1.15,
+) -> Figure:
+    """Boxes joined by arrows, left to right: a data pipeline at a glance (notebook 02).
+
+    Parameters
+    ----------
+    stages
+        One label per box, in order (``"\\n"`` breaks a label into lines).
+    kinds
+        Optional group of each stage (e.g. ``"once"``, ``"every epoch"``): boxes of
+        one kind share a colour, and a legend names the kinds in order of appearance.
+    title
+        Title above the boxes.
+    box_width
+        Inches per box (arrows included).
+    """
+    from matplotlib.patches import FancyBboxPatch, Patch
+
+    n = len(stages)
+    palette = ["#dbe9f6", "#fde0c5", "#d9f0d3", "#e8dff0", "#f0f0f0"]
+    order = list(dict.fromkeys(kinds)) if kinds else []
+    colour_of = {k: palette[i % len(palette)] for i, k in enumerate(order)}
+    fig = Figure(figsize=(n * box_width + 0.2, 1.25 + (0.25 if title else 0.0) + (0.3 if order else 0.0)))
+    ax = fig.add_axes((0.0, 0.3 / fig.get_figheight() if order else 0.0, 1.0,
+                       1.0 - (0.3 / fig.get_figheight() if order else 0.0) - (0.25 / fig.get_figheight() if title else 0.0)))
+    ax.set_xlim(0, n)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    w, h = 0.72, 0.62
+    for i, label in enumerate(stages):
+        face = colour_of[kinds[i]] if kinds else palette[0]
+        ax.add_patch(FancyBboxPatch((i + (1 - w) / 2, (1 - h) / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                    facecolor=face, edgecolor="0.35", linewidth=0.8))
+        ax.text(i + 0.5, 0.5, label, ha="center", va="center", fontsize=8)
+        if i < n - 1:
+            ax.annotate("", xy=(i + 1 + (1 - w) / 2 - 0.02, 0.5), xytext=(i + (1 + w) / 2 + 0.02, 0.5),
+                        arrowprops={"arrowstyle": "-|>", "color": "0.3", "lw": 1.0, "shrinkA": 0, "shrinkB": 0})
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.05 / fig.get_figheight(), va="top")
+    if order:
+        fig.legend(handles=[Patch(facecolor=colour_of[k], edgecolor="0.35", label=k) for k in order],
+                   loc="lower center", ncols=len(order), fontsize=8, frameon=False, borderaxespad=0.1)
     return fig
 
 

@@ -89,6 +89,39 @@ def bootstrap_ci(y_true, y_pred, n_classes: int | None = None, n_resamples: int 
     return {"accuracy": np.percentile(acc, q).tolist(), "macro_f1": np.percentile(f1, q).tolist()}
 
 
+def per_class_f1_ci(y_true, y_pred, classes, n_resamples: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of each class's F1 (the test images resampled with replacement).
+
+    Parameters
+    ----------
+    y_true, y_pred
+        Class names (as in ``predictions.csv``) or integer labels.
+    classes
+        Class names in label order.
+
+    Returns
+    -------
+    dict
+        ``{class: (lo, hi)}``.
+    """
+    classes = list(classes)
+    idx = {c: i for i, c in enumerate(classes)}
+    y_true, y_pred = (np.asarray([idx.get(v, v) for v in a], dtype=np.int64) for a in (y_true, y_pred))
+    if len(y_true) == 0 or len(y_true) != len(y_pred):
+        raise ValueError("y_true and y_pred must be non-empty and of equal length")
+    k = len(classes)
+    rng = np.random.default_rng(seed)
+    codes = y_true * k + y_pred
+    cms = np.stack([np.bincount(codes[rng.integers(0, len(codes), len(codes))], minlength=k * k).reshape(k, k)
+                    for _ in range(n_resamples)])
+    tp = np.diagonal(cms, axis1=1, axis2=2).astype(float)
+    denom = cms.sum(1) + cms.sum(2)
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    lo, hi = np.percentile(f1, [(1 - level) / 2 * 100, (1 + level) / 2 * 100], axis=0)
+    return {c: (float(lo[i]), float(hi[i])) for i, c in enumerate(classes)}
+
+
 def classification_report_dict(y_true, y_prob, classes, n_resamples: int = 1000, seed: int = 0) -> dict:
     """The ``test`` section of ``metrics.json`` from labels and class probabilities.
 

@@ -42,15 +42,17 @@ PAPER_RESULTS: dict[str, dict] = {
 }
 
 #: Which paper model each of our architectures stands for (Lite0 is the CPU stand-in of B0, same family).
-PAPER_ROLE = {"efficientnet_b0": "efficientnet_b0", "tf_efficientnet_lite0": "efficientnet_b0", "resnet50": "resnet50"}
+PAPER_ROLE = {"efficientnet_b0": "efficientnet_b0", "tf_efficientnet_lite0": "efficientnet_b0", "resnet50": "resnet50",
+              "resnet18": "resnet50"}
 
 #: Preference when several runs stand for the same paper model (lower first; unknown presets rank 2).
-PRESET_RANK = {"paper": 0, "cpu": 1, "smoke": 3}
+PRESET_RANK = {"paper": 0, "cpu": 1, "resnet18-cpu": 1, "smoke": 3}
 
 #: What a run of each preset is, in words.
 PRESET_MEANING = {
     "paper": "the paper's protocol",
     "cpu": "CPU classroom stand-in",
+    "resnet18-cpu": "CPU residual network, trained from scratch",
     "smoke": "pipeline check (numbers meaningless)",
 }
 

@@ -44,6 +44,9 @@ ASIDE_PREFIX = ".replaced-"
 
 #: Run names (folders under the runs directory) of the paper's two models on the ``paper`` preset.
 PAPER_RUNS = {"efficientnet_b0": "efficientnet_b0-paper", "resnet50": "resnet50-paper"}
+#: Run names of notebook 05's residual network per preset, best first (notebook 07 looks for them in this order):
+#: ResNet50 with the paper's protocol on a GPU, ResNet-18 from scratch on a CPU, the smoke check.
+RESNET_RUNS = {"paper": PAPER_RUNS["resnet50"], "cpu": "resnet18-cpu", "smoke": "resnet18-smoke"}
 
 
 def default_out_dir(cfg) -> Path:
@@ -67,6 +70,25 @@ def main_run(preset: str | None = None):
         return config_for("cpu", model="tf_efficientnet_lite0"), "lite0-cpu"
     if preset == "smoke":
         return config_for("smoke", model="efficientnet_b0", num_threads=1), "efficientnet_b0-smoke"
+    raise ValueError(f"Unknown preset {preset!r}; choose paper, cpu or smoke")
+
+
+def resnet_run(preset: str | None = None):
+    """The run that notebook 05 trains for ``preset``, as ``(config, run name)`` (names: :data:`RESNET_RUNS`).
+
+    ``paper``: ResNet50 with the paper's protocol (``resnet50-paper``); ``cpu``: ResNet-18 from random
+    weights at 64 px, the ``resnet18-cpu`` preset (``resnet18-cpu``); ``smoke``: ResNet-18, smoke preset, one
+    thread (``resnet18-smoke``). ``None``: :func:`bcc_utils.config.auto_preset`.
+    """
+    from bcc_utils.config import auto_preset, config_for
+
+    preset = preset or auto_preset()
+    if preset == "paper":
+        return config_for("paper", model="resnet50"), RESNET_RUNS["paper"]
+    if preset == "cpu":
+        return config_for("resnet18-cpu", model="resnet18"), RESNET_RUNS["cpu"]
+    if preset == "smoke":
+        return config_for("smoke", model="resnet18", num_threads=1), RESNET_RUNS["smoke"]
     raise ValueError(f"Unknown preset {preset!r}; choose paper, cpu or smoke")
 
 
@@ -253,5 +275,6 @@ def load_temperature(checkpoint_or_run_dir: str | os.PathLike) -> float:
 
 
 __all__ = ["RUN_FILES", "MANIFEST", "CONFIG", "LAST", "BEST", "HISTORY_CSV", "HISTORY_JSON", "METRICS",
-           "PREDICTIONS", "CALIBRATION", "PAPER_RUNS", "default_out_dir", "main_run", "run_files", "claim", "Claim",
+           "PREDICTIONS", "CALIBRATION", "PAPER_RUNS", "RESNET_RUNS", "default_out_dir", "main_run", "resnet_run",
+           "run_files", "claim", "Claim",
            "sha256", "load_model", "load_with_images", "calibration_file", "write_calibration", "load_temperature"]

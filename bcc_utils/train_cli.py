@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bcc_utils.cli import positive_int, warnings_to_stderr
 
-PRESET_NAMES = ("paper", "cpu", "smoke")
+PRESET_NAMES = ("paper", "cpu", "resnet18-cpu", "smoke")
 
 
 def _summary(m: dict) -> str:
@@ -222,11 +222,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "augmentation groups, mixup, balancing modes), each with every seed, and "
                                    "write one JSON per run. Finished runs are skipped, so an interrupted grid "
                                    "continues where it stopped.")
-    p.add_argument("--base", choices=("cpu", "paper", "smoke"), default="cpu",
-                   help="budget of every run: cpu (classroom CPU, minutes per run), paper (GPU), smoke (CI)")
+    p.add_argument("--base", choices=("cpu", "classroom", "paper", "smoke"), default="cpu",
+                   help="budget of every run: cpu (1 epoch on a CPU, minutes per run), classroom (the cpu preset's "
+                        "5 epochs with the paper's pipeline), paper (GPU), smoke (CI)")
     p.add_argument("--data-dir", help="dataset folder (default: $BCC_DATA_DIR)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
-    p.add_argument("--variants", nargs="+", help="subset of variants (default: all; see bcc_utils.ablation.VARIANTS)")
+    p.add_argument("--variants", nargs="+", help="subset of variants (default: all of bcc_utils.ablation.VARIANTS; also RECIPES, "
+                        "e.g. classroom)")
     p.add_argument("--results", default="results/ablation", help="folder for the per-run JSON (default: %(default)s)")
     p.add_argument("--runs", default="runs/ablation", help="folder for the training runs (default: %(default)s)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],

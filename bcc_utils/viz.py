@@ -44,11 +44,13 @@ def plot_history(history, title: str | None = None) -> Figure:
             ax.text(0.5, 0.5, "no epoch yet", ha="center", va="center", transform=ax.transAxes)
         return fig
     e = h["epoch"]
-    axes[0].plot(e, h["train_loss"], "o-", label="train")
-    axes[0].plot(e, h["val_loss"], "s-", label="validation")
-    axes[0].set(title="loss", xlabel="epoch")
-    axes[1].plot(e, h["train_acc"], "o-", label="train")
-    axes[1].plot(e, h["val_acc"], "s-", label="validation")
+    # two different quantities: the training loss includes label smoothing and is measured on augmented (mixed)
+    # images while the weights change; the validation loss is the plain NLL of clean images after the epoch
+    axes[0].plot(e, h["train_loss"], "o-", label="train: loss minimised\n(smoothing, augmented)")
+    axes[0].plot(e, h["val_loss"], "s-", label="validation: NLL\n(clean images)")
+    axes[0].set(title="loss (two different measures)", xlabel="epoch")
+    axes[1].plot(e, h["train_acc"], "o-", label="train (augmented, during the epoch)")
+    axes[1].plot(e, h["val_acc"], "s-", label="validation (after the epoch)")
     best = h.loc[h["val_acc"].idxmax()]
     axes[1].annotate(f"best {best['val_acc']:.2%}", (best["epoch"], best["val_acc"]), textcoords="offset points",
                      xytext=(0, -14), ha="center", fontsize=8)
@@ -128,14 +130,19 @@ def plot_confusion_matrix(metrics_or_cm, classes: Sequence[str] | None = None, t
     return fig
 
 
-def plot_per_class_f1(results: Mapping[str, dict], title: str = "F1 per class (test split)") -> Figure:
-    """Grouped bars of per-class F1, one bar colour per run.
+def plot_per_class_f1(results: Mapping[str, dict], title: str = "F1 per class (test split)",
+                      intervals: Mapping[str, Mapping[str, tuple[float, float]]] | None = None) -> Figure:
+    """Grouped bars of per-class F1, one bar colour per run, with 95 % intervals where given.
 
     Parameters
     ----------
     results
         ``{run name: metrics dict}`` (e.g. from :func:`bcc_utils.metrics.load_results`).
+    intervals
+        ``{run name: {class: (lo, hi)}}`` drawn as error bars (e.g. :func:`bcc_utils.metrics.per_class_f1_ci`
+        of the run's ``predictions.csv``); runs without intervals (a paper's table) get none.
     """
+    intervals = intervals or {}
     runs = list(results)
     classes = list(next(iter(results.values()))["test"]["per_class"])
     width = 0.8 / max(len(runs), 1)
@@ -144,9 +151,16 @@ def plot_per_class_f1(results: Mapping[str, dict], title: str = "F1 per class (t
     x = np.arange(len(classes))
     for i, run in enumerate(runs):
         pc = results[run]["test"]["per_class"]
-        ax.bar(x + (i - (len(runs) - 1) / 2) * width, [pc[c]["f1"] for c in classes], width, label=run)
+        f1 = np.array([pc[c]["f1"] for c in classes])
+        err = None
+        if run in intervals:
+            lo_hi = np.array([intervals[run][c] for c in classes]).T
+            err = np.clip(np.stack([f1 - lo_hi[0], lo_hi[1] - f1]), 0, None)
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, f1, width, label=run, yerr=err, capsize=2,
+               error_kw={"elinewidth": 0.8})
     ax.set_xticks(x, classes, rotation=30, ha="right")
-    low = min(results[r]["test"]["per_class"][c]["f1"] for r in runs for c in classes)
+    low = min([results[r]["test"]["per_class"][c]["f1"] for r in runs for c in classes]
+              + [iv[c][0] for iv in intervals.values() for c in classes])
     ax.set_ylim(max(0.0, min(0.9, low - 0.05)), 1.0)
     ax.set_ylabel("F1")
     ax.set_title(title, pad=22)
@@ -211,30 +225,34 @@ def plot_speed_accuracy(results: Mapping[str, dict], paper: Mapping[str, float] 
 
 
 def plot_reliability(predictions: Mapping[str, tuple], n_bins: int = 15, title: str | None = None) -> Figure:
-    """Reliability diagram: accuracy against confidence per bin, one line per ``{label: (prob, y)}``.
+    """Reliability diagram on the full [0, 1] range, one line per ``{label: (prob, y)}``, with each bin's count.
 
-    The diagonal is perfect calibration; below it the model is over-confident. Each label shows its
-    ECE (:func:`bcc_utils.calibration.ece`). A second panel shows how many predictions fall in each bin.
+    Accuracy against mean confidence per bin; the diagonal is perfect calibration, below it the model is
+    over-confident, above it under-confident. Each label shows its ECE (:func:`bcc_utils.calibration.ece`).
+    A marker's area grows with its bin's count, and the bars underneath give the counts (log scale): the
+    crowded bins are the ones the ECE weighs. Introduced in notebook 08.
     """
     from bcc_utils.calibration import ece, reliability_table
 
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
-    ax, ax_n = fig.subplots(1, 2, width_ratios=[1.3, 1])
+    fig = Figure(figsize=(7.5, 6), layout="constrained")
+    ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.1])
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
-    lo = 1.0
+    width = (1 / n_bins) / (len(predictions) + 0.5)
     for i, (label, (prob, y)) in enumerate(predictions.items()):
         t = reliability_table(prob, y, n_bins)
         t = t[t["count"] > 0]
-        lo = min(lo, float(t["lo"].min()))
-        ax.plot(t["confidence"], t["accuracy"], "o-", ms=4, label=f"{label}: ECE {ece(prob, y, n_bins):.2%}")
-        ax_n.bar(t["lo"] + (i + 0.5) * (1 / n_bins) / (len(predictions) + 0.5), t["count"],
-                 width=(1 / n_bins) / (len(predictions) + 0.5), label=label)
-    ax.set(xlabel="confidence (mean in bin)", ylabel="accuracy in bin", xlim=(lo, 1.005), ylim=(lo, 1.005),
+        line, = ax.plot(t["confidence"], t["accuracy"], "-", lw=1.2, label=f"{label}: ECE {ece(prob, y, n_bins):.2%}")
+        # area ∝ sqrt(share): a bin of a few cells stays visible beside one of thousands
+        ax.scatter(t["confidence"], t["accuracy"], s=10 + 300 * np.sqrt(t["count"] / t["count"].sum()),
+                   color=line.get_color(), alpha=0.6, edgecolors="white", linewidths=0.5, zorder=3, clip_on=False)
+        ax_n.bar(t["lo"] + (i + 0.5) * width, t["count"], width, color=line.get_color(), label=label)
+    ax.set(ylabel="accuracy in bin", xlim=(0, 1), ylim=(0, 1),
            title=title or f"Reliability diagram ({n_bins} equal-width bins)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
-    ax_n.set(yscale="log", xlabel="confidence bin", ylabel="predictions", xlim=(lo, 1.0),
-             title="how many predictions per bin")
+    ax_n.set(yscale="log", xlabel="confidence", ylabel="predictions", xlim=(0, 1),
+             title="predictions per bin (log scale): the marker areas above grow with these counts")
+    ax_n.grid(alpha=0.3, axis="y")
     return fig
 
 

@@ -205,7 +205,7 @@ def _uploaded(value) -> tuple[str, bytes] | None:
 
 
 def prediction_panel(checkpoint, examples: Mapping[str, str | os.PathLike], temperature: float | None = None,
-                     display: bool = True):
+                     display: bool = True, target_layer: str | None = None, method: str = "gradcam"):
     """Panel: pick a test image or upload one; see the prediction, top-3 probabilities and its Grad-CAM.
 
     Parameters
@@ -219,6 +219,9 @@ def prediction_panel(checkpoint, examples: Mapping[str, str | os.PathLike], temp
         (:func:`bcc_utils.calibration.load_temperature`) for a checkpoint path, 1 for a pair.
     display
         Show the panel (``False`` in tests).
+    target_layer, method
+        Which map (see :func:`bcc_utils.explain_plots.prediction_figure`; default: Grad-CAM of the last
+        feature map).
 
     Returns
     -------
@@ -254,11 +257,13 @@ def prediction_panel(checkpoint, examples: Mapping[str, str | os.PathLike], temp
         if last.get("key") != key:  # the dropdown and the upload may both report one upload
             try:
                 if image != UPLOADED:
-                    result = prediction_figure(model, ckpt, read_image(examples[image]), temperature, name=image)
+                    result = prediction_figure(model, ckpt, read_image(examples[image]), temperature, name=image,
+                                               target_layer=target_layer, method=method)
                 elif got is None:
                     result = "Upload an image file (JPEG, PNG, TIFF, …)."
                 else:
-                    result = prediction_figure(model, ckpt, decode_image(got[1], got[0]), temperature, name=got[0])
+                    result = prediction_figure(model, ckpt, decode_image(got[1], got[0]), temperature, name=got[0],
+                                               target_layer=target_layer, method=method)
             except ImageReadError as exc:
                 result = f"Cannot show this file: {exc}"
             last.update(key=key, result=result)

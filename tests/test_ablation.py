@@ -27,7 +27,7 @@ def _built(cfg):
             "mixup": cfg.mixup_p > 0, "sampler": sampler is not None, "weighted_loss": weight is not None}
 
 
-@pytest.mark.parametrize("base", ["cpu", "paper", "smoke"])
+@pytest.mark.parametrize("base", ["cpu", "classroom", "paper", "smoke"])
 def test_each_variant_removes_exactly_its_component(base):
     full_cfg = base_config(base)
     full = _built(full_cfg)
@@ -51,6 +51,17 @@ def test_each_variant_removes_exactly_its_component(base):
         # nothing else in the config changes (besides the seed)
         diff = set(cfg.differences(full_cfg)) - {"seed"}
         assert diff == set(VARIANTS[name][1]), name
+
+
+def test_the_classroom_recipe_is_the_cpu_preset_and_full_adds_the_papers_pipeline():
+    from bcc_utils.config import PRESETS, RUNTIME_FIELDS
+
+    base = base_config("classroom")
+    recipe = variant_config("classroom", base, seed=PRESETS["cpu"].seed)
+    assert set(recipe.differences(PRESETS["cpu"], ignore=RUNTIME_FIELDS)) == {"bootstrap_resamples"}
+    full = _built(variant_config("full", base, seed=0))
+    assert full["components"] == set(COMPONENTS) and full["mixup"] and full["sampler"] and full["weighted_loss"]
+    assert base.augment == "batch" and base.epochs == PRESETS["cpu"].epochs
 
 
 def test_unknown_names_are_refused():

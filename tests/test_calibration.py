@@ -9,12 +9,14 @@ import pytest
 
 from bcc_utils.calibration import (
     at_threshold,
+    confidence_direction,
     ece,
     fit_temperature,
     load_temperature,
     reliability_table,
     scaled_proba,
     selective_curve,
+    split_logits,
     threshold_for_accuracy,
 )
 from bcc_utils.cli import main
@@ -60,6 +62,19 @@ def test_fit_temperature_recovers_a_known_temperature():
     p = scaled_proba(z, true_t)
     y = (rng.uniform(size=(len(p), 1)) > p.cumsum(1)).sum(1)  # labels drawn from softmax(z / 2.5)
     assert fit_temperature(z, y) == pytest.approx(true_t, rel=0.05)
+
+
+@pytest.mark.parametrize("true_t, direction", [(2.5, "over-confident"), (0.5, "under-confident")])
+def test_the_fitted_temperature_tells_the_direction(true_t, direction):
+    # labels drawn from softmax(z / true_t): with true_t > 1 the truth is flatter than softmax(z), the model too sure
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 2, size=(20_000, 8))
+    p = scaled_proba(z, true_t)
+    y = (rng.uniform(size=(len(p), 1)) > p.cumsum(1)).sum(1)
+    assert confidence_direction(fit_temperature(z, y)) == direction
+    assert confidence_direction(1.01) == "calibrated"
+    with pytest.raises(ValueError, match="> 0"):
+        confidence_direction(0.0)
 
 
 def test_selective_curve_and_threshold_by_hand():
@@ -116,3 +131,28 @@ def test_a_threshold_chosen_elsewhere_is_applied_as_is():
     r = at_threshold(prob, y, 0.85)
     assert (r["kept"], r["referred"], r["coverage"], r["accuracy"]) == (2, 2, 0.5, 0.5)
     assert np.isnan(at_threshold(prob, y, 0.99)["accuracy"]) and at_threshold(prob, y, 0.99)["kept"] == 0
+
+
+def test_split_logits_limit_is_the_start_of_the_full_pass(run_dir, data_dir):
+    z, y, _ = split_logits(run_dir / "best.pt", data_dir, ("test",), tta="dihedral")["test"]
+    z5, y5, seconds = split_logits(run_dir / "best.pt", data_dir, ("test",), tta="none", limit=5)["test"]
+    assert z5.shape == (1, 5, 8) and seconds > 0
+    assert np.allclose(z5[0], z[0, :5], atol=1e-5) and (y5 == y[:5]).all()  # view 0 of the TTA pass is the plain image
+
+
+def test_reliability_diagram_shows_every_point_on_0_1_and_each_bins_count(run_dir, data_dir):
+    from bcc_utils.viz import plot_reliability
+
+    z, y, _ = split_logits(run_dir / "best.pt", data_dir, ("test",))["test"]
+    # plus three cells by hand: a bin whose accuracy (0) lies far below its confidence (0.4)
+    hand = (np.array([[0.4, 0.35, 0.25], [0.95, 0.03, 0.02], [0.9, 0.05, 0.05]]), np.array([1, 0, 0]))
+    predictions = {"smoke run": (scaled_proba(z), y), "by hand": hand}
+    fig = plot_reliability(predictions, n_bins=10)
+    ax, ax_n = fig.axes
+    assert ax.get_xlim() == (0, 1) and ax.get_ylim() == (0, 1), "the whole range, so no bin runs off the plot"
+    for (prob, labels), dots, bars in zip(predictions.values(), ax.collections, ax_n.containers, strict=True):
+        t = reliability_table(prob, labels, n_bins=10).query("count > 0")
+        assert np.allclose(dots.get_offsets(), t[["confidence", "accuracy"]].to_numpy())
+        assert [b.get_height() for b in bars] == t["count"].tolist() and sum(t["count"]) == len(labels)
+        sizes = np.broadcast_to(dots.get_sizes(), len(t))
+        assert (np.diff(sizes[np.argsort(t["count"].to_numpy(), kind="stable")]) >= 0).all(), "bigger bin, bigger dot"

@@ -1,4 +1,5 @@
-"""Grad-CAM through pytorch_grad_cam: target layers, map shapes, the randomisation check, the prediction panel."""
+"""Grad-CAM through pytorch_grad_cam: target layers, maps by hand vs the library, how much heat is on the cell,
+the randomisation check, the figures, the prediction panel and the ``explain`` command."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -171,11 +173,17 @@ def test_figures(trained, test_images, run_dir, data_dir):
 
     model, ckpt = trained
     examples = explain.pick_examples(pd.read_csv(run_dir / "predictions.csv")).head(3)
-    fig = plot_cam_gallery(model, ckpt, examples, data_dir)
+    fig = plot_cam_gallery(model, ckpt, examples, data_dir, methods=("gradcam", "layercam"), target_layer="blocks.4")
     shown = [ax for ax in fig.axes if ax.images]
-    assert len(shown) == 3 * 5 and shown[0].get_title().startswith(f"true {examples['label'].iloc[0]}")
-    fig = plot_sanity_check(model, test_images[0][:4], *_norm(ckpt), labels=["a", "b", "c", "d"])
+    assert len(shown) == 3 * 4 and shown[0].get_title().startswith(f"true {examples['label'].iloc[0]}")
+    assert shown[2].get_title() == "Grad-CAM\nblocks.4, 4 × 4"  # 64 px / stride 16
+    assert len(fig.axes) == 3 * 4 + 1 and fig.axes[-1].get_ylabel().startswith("map value")  # the colour bar
+    columns = [np.stack([shown[4 * r + c].images[0].get_array() for r in range(3)]) for c in range(4)]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(columns) for b in columns[i + 1:]), "no duplicate column"
+    fig = plot_sanity_check(model, test_images[0][:4], *_norm(ckpt), labels=["a", "b", "c", "d"],
+                            target_layer="blocks.4")
     assert len([ax for ax in fig.axes if ax.images]) == 12 and "mean ρ" in fig._suptitle.get_text()
+    assert "blocks.4" in fig._suptitle.get_text() and "blank random maps:" in fig._suptitle.get_text()
 
 
 def _control(panel, name):
@@ -212,7 +220,11 @@ def test_prediction_panel_follows_the_dropdown_and_uploads(trained, test_images,
     assert isinstance(panel.result, str) and "notes.jpg" in panel.result and "not" in panel.result
 
     fig = widgets.prediction_figure(model, ckpt, examples["cell 1"], temperature=2.0)
-    assert fig._suptitle.get_text().startswith(examples["cell 1"].name) and len(fig.axes) == 3
+    assert fig._suptitle.get_text().startswith(examples["cell 1"].name) and len(fig.axes) == 4  # + colour bar
+    assert fig.axes[1].get_title().startswith("Grad-CAM (bn2, 2 × 2)")
+    panel = widgets.prediction_panel((model, ckpt), examples, display=False, target_layer="blocks.2",
+                                     method="layercam")
+    assert panel.result.axes[1].get_title().startswith("LayerCAM (blocks.2, 8 × 8)")
 
 
 def test_prediction_panel_reads_the_run_temperature(run_dir, test_images, sample_root, tmp_path):
@@ -241,3 +253,171 @@ def test_center_share_by_hand_and_stage_layers():
     assert center_share(maps, 0.5).tolist() == [1.0, 0.25, 0.0]
     layers = stage_layers(create_model("resnet50", 8, pretrained=False))
     assert layers[32] == "layer4" and layers[8] == "layer2"
+
+
+# --------------------------------------------------------------------------- maps by hand, layers, the heat on the cell
+def _by_hand(model, x, layer, targets, method):
+    """The map of one layer from a forward and a backward hook (the notebook's by-hand version)."""
+    import torch.nn.functional as F
+
+    saved = {}
+    hooks = [layer.register_forward_hook(lambda m, i, o: saved.update(act=o.detach())),
+             layer.register_full_backward_hook(lambda m, gi, go: saved.update(grad=go[0].detach()))]
+    try:
+        logits = model(x.requires_grad_(True))
+        logits.gather(1, torch.as_tensor(targets)[:, None]).sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    act, grad = saved["act"], saved["grad"]
+    if method == "gradcam":  # one weight per channel: the mean gradient
+        cam = (grad.mean((2, 3), keepdim=True) * act).sum(1)
+    elif method == "hirescam":  # gradient times activation, position by position
+        cam = (grad * act).sum(1)
+    else:  # layercam: only positive gradients count
+        cam = (grad.clamp(min=0) * act).sum(1)
+    cam = F.interpolate(cam.clamp(min=0)[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = cam.amin((1, 2), keepdim=True), cam.amax((1, 2), keepdim=True)
+    return ((cam - lo) / (hi - lo + 1e-7)).numpy()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "layercam"])
+@pytest.mark.parametrize("layer", ["bn2", "blocks.2"])
+def test_the_library_map_is_the_map_by_hand(trained, test_images, method, layer):
+    from bcc_utils.batches import nhwc_to_nchw, to_input
+
+    model, ckpt = trained
+    images = test_images[0][:4]
+    targets = [0, 3, 5, 7]  # not only the predicted class
+    x = to_input(nhwc_to_nchw(images), *_norm(ckpt), "cpu", True)
+    lib = explain.cam_maps(model, images, *_norm(ckpt), targets, method, target_layer=layer)
+    hand = _by_hand(model, x, model.get_submodule(layer), targets, method)
+    assert lib.shape == hand.shape and np.abs(lib - hand).max() < 1e-4
+    assert all(p.grad is None for p in model.parameters())
+    other = explain.cam_maps(model, images, *_norm(ckpt), targets, "gradcam", target_layer=layer)
+    if layer == "bn2" and method == "hirescam":  # before global pooling + a linear layer the gradient is the same
+        assert np.abs(lib - other).max() < 1e-5  # at every position: HiResCAM is Grad-CAM there
+    elif layer != "bn2" and method != "gradcam":  # deeper inside, position-wise weights give another map
+        assert np.abs(lib - other).max() > 0.05
+
+
+def test_layers_by_name_and_their_strides(trained):
+    model, _ = trained
+    layers = explain.candidate_layers(model, 64)
+    assert list(layers) == [*(f"blocks.{i}" for i in range(7)), "bn2"]
+    assert layers == {"blocks.0": 2, "blocks.1": 4, "blocks.2": 8, "blocks.3": 16, "blocks.4": 16, "blocks.5": 32,
+                      "blocks.6": 32, "bn2": 32}
+    assert explain.resolve_layer(model, None, 64)[0] == "bn2"
+    assert explain.resolve_layer(model, "blocks.4")[1] is model.blocks[4]
+    assert explain.resolve_layer(model, model.blocks[2])[0] == "blocks.2"
+    with pytest.raises(ValueError, match=r"no layer 'blocks\.9'.*try one of blocks\.0, blocks\.1"):
+        explain.resolve_layer(model, "blocks.9", 64)
+    with pytest.raises(ValueError, match="not a module of this model"):
+        explain.resolve_layer(model, nn.Conv2d(3, 3, 1))
+    resnet = explain.candidate_layers(create_model("resnet18", 8, pretrained=False), 64)
+    assert resnet == {"act1": 2, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+
+
+def test_localisation_table_measures_each_layer_and_method(trained, test_images):
+    model, ckpt = trained
+    images = test_images[0][:6]
+    table = explain.localisation_table(model, images, *_norm(ckpt), layers=["blocks.2", "bn2"],
+                                       methods=["gradcam", "layercam"])
+    assert list(table.columns) == ["layer", "stride", "side", "method", "share", "sem", "n", "blank"]
+    assert table[["layer", "method"]].values.tolist() == [["blocks.2", "gradcam"], ["blocks.2", "layercam"],
+                                                          ["bn2", "gradcam"], ["bn2", "layercam"]]
+    assert table["stride"].tolist() == [8, 8, 32, 32] and table["side"].tolist() == [8, 8, 2, 2]
+    assert (table["n"] == 6).all() and table["share"].between(0, 1).all()
+    share = explain.center_share(explain.cam_maps(model, images, *_norm(ckpt), method="layercam", target_layer="blocks.2"))
+    row = table.iloc[1]
+    assert row["share"] == pytest.approx(np.nanmean(share)) and row["blank"] == np.isnan(share).sum()
+    # the same images with the cell moved to a corner: less of the heat stays in the centre
+    shifted = np.roll(images, (16, 16), axis=(1, 2))
+    moved = explain.localisation_table(model, shifted, *_norm(ckpt), layers=["blocks.2"], methods=["layercam"])
+    assert moved["share"].iloc[0] < row["share"]
+
+
+def test_overlay_uses_a_perceptual_colormap():
+    from matplotlib import colormaps
+
+    white = np.full((4, 4, 3), 255, np.uint8)
+    cam = np.zeros((4, 4), np.float32)
+    cam[0, 0] = 1
+    out = explain.overlay(white, cam, alpha=0.5)
+    assert out.dtype == np.uint8 and out.shape == white.shape
+    for value, pixel in ((0.0, out[3, 3]), (1.0, out[0, 0])):
+        expected = np.round((0.5 + 0.5 * np.array(colormaps["inferno"](value)[:3])) * 255)
+        assert np.abs(pixel.astype(int) - expected).max() <= 1
+    assert explain.overlay(white, np.ones((2, 2)), alpha=0.0).tolist() == white.tolist()  # a map of another size
+
+
+def test_sanity_check_at_a_named_layer(trained, test_images):
+    model, ckpt = trained
+    images = test_images[0][:6]
+    table, trained_maps, random_maps = explain.sanity_check(model, images, *_norm(ckpt), target_layer="blocks.4",
+                                                            return_maps=True)
+    assert np.array_equal(trained_maps, explain.cam_maps(model, images, *_norm(ckpt), table["target"],
+                                                         target_layer="blocks.4"))
+    assert not np.array_equal(trained_maps, random_maps)
+    assert table["random_blank"].tolist() == [m.max() == 0 for m in random_maps]
+    with pytest.raises(ValueError, match="by name"):
+        explain.sanity_check(model, images, *_norm(ckpt), target_layer=model.blocks[4])
+
+
+# --------------------------------------------------------------------------------------------- python -m bcc_utils explain
+def test_explain_command_writes_what_the_notebook_measures(run_dir, trained, test_images, sample_root, tmp_path,
+                                                          capsys):
+    import json
+
+    from PIL import Image
+
+    model, ckpt = trained
+    paths = test_images[1]
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for p in paths[:5]:
+        (folder / Path(p).name).write_bytes((sample_root / p).read_bytes())
+    out = tmp_path / "explain.json"
+    argv = ["explain", str(run_dir / "best.pt"), str(folder), "--layer", "blocks.2", "--method", "layercam",
+            "--json", str(out), "--save-dir", str(tmp_path / "overlays")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out.read_text())
+    assert result["layer"] == "blocks.2" and result["method"] == "layercam" and result["n"] == 5
+    files = sorted(folder.iterdir())
+    assert [r["file"] for r in result["images"]] == [str(f) for f in files]
+    # the same numbers as the library on the same images, the class of `predict`
+    from bcc_utils.inference import predict_images
+
+    x = np.stack([explain.model_views(ckpt, read_image(f))[1] for f in files])
+    predicted = predict_images((model, ckpt), files)
+    targets = [list(ckpt["classes"]).index(r["class"]) for r in predicted]
+    share = explain.center_share(explain.cam_maps(model, x, *_norm(ckpt), targets, "layercam", target_layer="blocks.2"))
+    assert [r["class"] for r in result["images"]] == [r["class"] for r in predicted]
+    assert [r["center_share"] for r in result["images"]] == pytest.approx(share.tolist(), abs=1e-6)
+    assert result["mean_center_share"] == pytest.approx(share.mean(), abs=1e-6)
+    assert all(r["layer"] == "blocks.2" for r in result["images"])
+    assert len(printed) == 5 + 2 and printed[-2].startswith("5 images, layercam at blocks.2: mean central share")
+    for r in result["images"]:
+        with Image.open(r["overlay"]) as im:
+            assert im.size == (64, 64)
+    assert len({r["overlay"] for r in result["images"]}) == 5
+
+
+def test_explain_command_errors_are_one_line(run_dir, tmp_path, sample_root, test_images, capsys):
+    image = str(sample_root / test_images[1][0])
+    assert main(["explain", str(run_dir / "best.pt"), image, "--layer", "blocks.9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no layer 'blocks.9'") and "blocks.4" in err[0]
+    assert main(["explain", str(run_dir / "best.pt"), image, "--method", "magic"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown CAM method 'magic'")
+    assert main(["explain", str(run_dir / "best.pt"), image, "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["explain", str(run_dir / "best.pt"), str(tmp_path / "missing.jpg")]) == 2
+    assert "No such file or folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["explain", str(run_dir / "best.pt"), str(tmp_path / "empty")]) == 1
+    assert capsys.readouterr().err.strip() == "no images found"
+    with pytest.raises(SystemExit):  # argparse: one usage line, exit status 2
+        main(["explain", str(run_dir / "best.pt"), image, "--frac", "1.5"])

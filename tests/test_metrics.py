@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from bcc_utils.atomic import write_json
 from bcc_utils.metrics import _acc_macro_f1, bootstrap_ci, classification_report_dict, load_results, results_table
 
 CLASSES = ["a", "b", "c"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _probs(pred, k=3, conf=0.8):
@@ -92,3 +95,36 @@ def test_load_results_and_table(tmp_path):
     assert table.loc["run-a", "accuracy"] == 1.0 and table.loc["run-b", "accuracy"] == 0.75
     with pytest.raises(FileNotFoundError):
         load_results(tmp_path / "nothing-here")
+
+
+def test_per_class_f1_intervals_equal_a_bootstrap_with_sklearn():
+    """Each class's interval is the percentile interval of sklearn's F1 over the same resamples of a real run."""
+    import pandas as pd
+
+    from bcc_utils.metrics import per_class_f1_ci
+    from bcc_utils.paths import CLASSES
+
+    pred = pd.read_csv(ROOT / "results" / "lite0-cpu" / "predictions.csv").sample(400, random_state=0)
+    got = per_class_f1_ci(pred["label"], pred["pred"], CLASSES, n_resamples=60, seed=3)
+    y_true = pred["label"].map(CLASSES.index).to_numpy()
+    y_pred = pred["pred"].map(CLASSES.index).to_numpy()
+    rng = np.random.default_rng(3)
+    f1 = []
+    for _ in range(60):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        f1.append(skm.f1_score(y_true[idx], y_pred[idx], labels=range(8), average=None, zero_division=0))
+    lo, hi = np.percentile(np.array(f1), [2.5, 97.5], axis=0)
+    assert list(got) == list(CLASSES)
+    assert np.allclose([got[c][0] for c in CLASSES], lo) and np.allclose([got[c][1] for c in CLASSES], hi)
+    # a class the model confuses often has a wider interval than a class it never misses
+    widths = {c: hi_ - lo_ for c, (lo_, hi_) in got.items()}
+    assert widths["ig"] > widths["eosinophil"]
+
+
+def test_per_class_f1_intervals_of_perfect_and_empty_predictions():
+    from bcc_utils.metrics import per_class_f1_ci
+
+    labels = ["a", "b", "b", "a", "b"]
+    assert per_class_f1_ci(labels, labels, ["a", "b"], n_resamples=20) == {"a": (1.0, 1.0), "b": (1.0, 1.0)}
+    with pytest.raises(ValueError, match="non-empty"):
+        per_class_f1_ci([], [], ["a", "b"])

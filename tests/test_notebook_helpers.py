@@ -278,23 +278,24 @@ def test_find_pick_and_compare_runs(tmp_path):
     _write_run(runs, _fake_metrics("lite0-cpu", "tf_efficientnet_lite0", "cpu", seed=2))
     _write_run(committed, _fake_metrics("lite0-cpu", "tf_efficientnet_lite0", "cpu", seed=3))  # shadowed by runs/
     _write_run(committed, _fake_metrics("b0-paper", "efficientnet_b0", "paper", seed=4))
-    _write_run(committed, _fake_metrics("other", "resnet18", "cpu", seed=5))
+    _write_run(committed, _fake_metrics("other", "mobilenetv3_small_050", "cpu", seed=5))
+    _write_run(runs, _fake_metrics("resnet18-cpu", "resnet18", "resnet18-cpu", seed=6))  # notebook 05 on a CPU
 
     found, notes = find_results(runs, committed, tmp_path / "missing")
-    assert sorted(found) == ["b0-paper", "b0-smoke", "lite0-cpu", "other"]
+    assert sorted(found) == ["b0-paper", "b0-smoke", "lite0-cpu", "other", "resnet18-cpu"]
     assert found["lite0-cpu"]["test"] == _fake_metrics("lite0-cpu", "tf_efficientnet_lite0", "cpu", seed=2)["test"]
     assert found["b0-paper"]["source"].endswith("results") and any("no such folder" in n for n in notes)
     assert any("lite0-cpu left out" in n for n in notes)
     no_smoke, notes = find_results(runs, committed, include_smoke=False)
     assert "b0-smoke" not in no_smoke and any("b0-smoke left out: a smoke run" in n for n in notes)
 
-    assert pick_runs(found) == {"efficientnet_b0": "b0-paper", "resnet50": None}
+    assert pick_runs(found) == {"efficientnet_b0": "b0-paper", "resnet50": "resnet18-cpu"}
     assert pick_runs({k: v for k, v in found.items() if k != "b0-paper"})["efficientnet_b0"] == "lite0-cpu"
     assert pick_runs({}) == {"efficientnet_b0": None, "resnet50": None}
 
     table = comparison_table(found)
-    assert len(table) == 2 + 3, "two paper rows and the three runs standing for B0 (resnet18 stands for nothing)"
-    assert list(table["run"]) == ["—", "b0-paper", "b0-smoke", "lite0-cpu", "—"]
+    assert len(table) == 2 + 3 + 1, "two paper rows, three runs standing for B0, ResNet-18 for ResNet50 (mobilenet: nothing)"
+    assert list(table["run"]) == ["—", "b0-paper", "b0-smoke", "lite0-cpu", "—", "resnet18-cpu"]
     for _, row in table[table["run"] != "—"].iterrows():
         m = found[row["run"]]["test"]
         inside = m["accuracy_ci"][0] <= 0.9836 <= m["accuracy_ci"][1]
@@ -366,3 +367,51 @@ def test_main_run_is_the_run_notebook_04_trains(preset):
     cfg, name = main_run(preset)
     assert name == ns["RUN_NAME"]
     assert cfg == config_for(ns["PRESET"], model=ns["MODEL"], **ns["OVERRIDES"])
+
+
+@pytest.mark.parametrize("preset", ["paper", "cpu", "smoke"])
+def test_resnet_run_is_the_run_notebook_05_trains(preset):
+    """Notebook 07 looks for notebook 05's runs by name (RESNET_RUNS): same config and name as 05's parameters cell."""
+    import json
+    import os
+    import types
+    from pathlib import Path
+
+    from bcc_utils.config import config_for
+    from bcc_utils.run import RESNET_RUNS, resnet_run
+
+    nb = json.loads((Path(__file__).parent.parent / "notebooks" / "05_train_resnet.ipynb").read_text())
+    (cell,) = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    ns = {"os": os, "auto_preset": lambda: preset, "RESNET_RUNS": RESNET_RUNS,
+          "bcc_utils": types.SimpleNamespace(smoke_mode=lambda: preset == "smoke")}
+    exec("".join(cell["source"]), ns)
+    cfg, name = resnet_run(preset)
+    assert name == ns["RUN_NAME"] == RESNET_RUNS[preset]
+    assert cfg == config_for(ns["TRAIN_PRESET"], model=ns["MODEL"], **ns["OVERRIDES"])
+    assert cfg.model == ("resnet50" if preset == "paper" else "resnet18")
+    if preset == "paper":
+        assert set(config_for("paper").differences(cfg)) == {"model"}, "on a GPU: the paper's protocol for ResNet50"
+
+
+def test_count_bars_label_the_coloured_bars():
+    fig = figures.count_bars({"a": 10, "b": 40, "d": 20})
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert " 40 (largest)" in texts and " 10 (smallest)" in texts and " 20" in texts
+
+
+def test_size_bars_linear_with_a_legend_when_counts_are_close():
+    fig = figures.size_bars({"360x363": 236, "366x369": 10, "360x360": 5})
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["the stated size (360 × 363)", "other sizes"]
+    assert [p.get_facecolor() for p in ax.patches][0] != ax.patches[1].get_facecolor()
+
+
+def test_pipeline_diagram_draws_every_stage_as_text():
+    stages = ["image", "CLAHE\n(L of LAB)", "resize", "model"]
+    fig = figures.pipeline_diagram(stages, kinds=["once", "once", "once", "device"], title="pipeline")
+    assert isinstance(fig, Figure)
+    texts = [t.get_text() for t in fig.axes[0].texts if t.get_text()]  # the arrows are empty annotations
+    assert texts == stages
+    assert len(fig.axes[0].patches) == len(stages)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["once", "device"]

@@ -167,6 +167,16 @@ def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
+def _f1_ci(run_dir):
+    import pandas as pd
+
+    from bcc_utils.metrics import per_class_f1_ci
+    from bcc_utils.paths import CLASSES
+
+    pred = pd.read_csv(run_dir / "predictions.csv")
+    return per_class_f1_ci(pred["label"], pred["pred"], CLASSES, n_resamples=50)
+
+
 def test_figures(smoke_run, data_dir):
     from matplotlib.figure import Figure
 
@@ -176,7 +186,7 @@ def test_figures(smoke_run, data_dir):
     out, rows = smoke_run
     res = load_results(out)
     figs = [viz.plot_history(out), viz.plot_confusion_matrix(res["smoke"]),
-            viz.plot_per_class_f1({"a": res["smoke"], "b": res["smoke"]}),
+            viz.plot_per_class_f1({"a": res["smoke"], "b": res["smoke"]}, intervals={"a": _f1_ci(out)}),
             viz.misclassified_gallery(out, data_dir, n=4), viz.plot_speed_accuracy(res, {"B0": 0.9836})]
     assert all(isinstance(f, Figure) for f in figs)
     live = viz.LiveCurves()
