@@ -193,10 +193,10 @@ def _command(base, variants, seeds, overrides) -> str:
 
 
 def run_record(run_dir: str | os.PathLike, variant: str, seed: int) -> dict:
-    """The small JSON kept for one ablation run: metrics, timing and the test predictions (class indices)."""
+    """The small JSON kept for one ablation run: metrics, best validation accuracy, timing, test predictions."""
     import pandas as pd
 
-    from bcc_utils.run import METRICS, PREDICTIONS
+    from bcc_utils.run import HISTORY_CSV, METRICS, PREDICTIONS
 
     run_dir = Path(run_dir)
     m = json.loads((run_dir / METRICS).read_text())
@@ -206,6 +206,7 @@ def run_record(run_dir: str | os.PathLike, variant: str, seed: int) -> dict:
         "schema_version": 1, "variant": variant, "seed": seed, "removes": _variant(variant)[0],
         "config": m["config"], "accuracy": m["test"]["accuracy"], "macro_f1": m["test"]["macro_f1"],
         "accuracy_ci": m["test"]["accuracy_ci"], "best_epoch": m["best_epoch"],
+        "val_acc": float(pd.read_csv(run_dir / HISTORY_CSV)["val_acc"].max()),  # what model selection may use
         "total_s": m["timing"]["total_s"], "train_img_per_s": m["timing"]["train_img_per_s"],
         "dataset": m["dataset"], "classes": classes,
         "f1": {c: m["test"]["per_class"][c]["f1"] for c in classes},

@@ -85,6 +85,8 @@ def test_smoke_grid_writes_records_resumes_and_summarizes(data_dir, tmp_path, mo
     assert rec["config"]["augment_disable"] == "cutout" and rec["config"]["seed"] == 1
     assert len(rec["y_true"]) == len(rec["y_pred"]) == rec["dataset"]["n_test"]
     assert rec["accuracy"] == pytest.approx(np.mean(np.array(rec["y_true"]) == np.array(rec["y_pred"])))
+    history = pd.read_csv(runs / "no_cutout-s1" / "history.csv")
+    assert rec["val_acc"] == pytest.approx(history["val_acc"].max())  # the validation number a choice may use
     grid = json.loads((res / "ablation.json").read_text())
     assert grid["invocations"][0]["runs_trained"] == 4 and grid["invocations"][0]["wall_s"] > 0
     # a second call trains nothing new
