@@ -414,18 +414,13 @@ def explain_images(checkpoint, inputs, target_layer: str | None = None, method: 
         the prediction of :func:`bcc_utils.inference.predict_proba` (with the run's test-time
         augmentation); the map explains that class.
     """
-    from bcc_utils.config import TrainConfig
     from bcc_utils.data.files import iter_images
-    from bcc_utils.inference import predict_proba, resolve_device
-    from bcc_utils.run import load_model, load_temperature
+    from bcc_utils.inference import predict_proba
+    from bcc_utils.run import open_for_inference
 
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
-    if temperature is None:
-        temperature = 1.0 if isinstance(checkpoint, tuple) else load_temperature(checkpoint)
-    dev = resolve_device(device)
-    model, ckpt = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint, dev)
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    model, ckpt, cfg, temperature, dev = open_for_inference(checkpoint, device, temperature)
     classes, (mean, std) = list(ckpt["classes"]), (ckpt["norm"]["mean"], ckpt["norm"]["std"])
     layer = resolve_layer(model, target_layer, cfg.img_size)[0]  # a bad name fails before any image is read
     files = iter_images(inputs)

@@ -138,15 +138,11 @@ def predict_images(checkpoint: str | os.PathLike | tuple, inputs, top_k: int = 3
     """
     from bcc_utils.data.files import iter_images
     from bcc_utils.preprocess import preprocess_image
-    from bcc_utils.run import load_model, load_temperature
+    from bcc_utils.run import open_for_inference
 
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if temperature is None:
-        temperature = 1.0 if isinstance(checkpoint, tuple) else load_temperature(checkpoint)
-    dev = resolve_device(device)
-    model, ckpt = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint, dev)
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    model, ckpt, cfg, temperature, dev = open_for_inference(checkpoint, device, temperature)
     classes, clahe = list(ckpt["classes"]), cfg.clahe_settings()
     results = []
     for f, rgb in iter_images(inputs):

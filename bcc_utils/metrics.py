@@ -49,12 +49,27 @@ def _confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
 
 
-def _acc_macro_f1(cms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Accuracy and macro-F1 (zero when undefined, as scikit-learn's ``zero_division=0``) of B×K×K counts."""
+def _per_class_f1(cms: np.ndarray) -> np.ndarray:
+    """F1 of each class (zero when undefined, as scikit-learn's ``zero_division=0``) of B×K×K counts: B×K."""
     tp = np.diagonal(cms, axis1=1, axis2=2).astype(float)
     denom = cms.sum(1) + cms.sum(2)  # (tp+fn) + (tp+fp) = 2tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return tp.sum(1) / cms.sum((1, 2)), f1.mean(1)
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
+def _acc_macro_f1(cms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and macro-F1 of B×K×K counts."""
+    tp = np.diagonal(cms, axis1=1, axis2=2).astype(float)
+    return tp.sum(1) / cms.sum((1, 2)), _per_class_f1(cms).mean(1)
+
+
+def _bootstrap_confusions(y_true: np.ndarray, y_pred: np.ndarray, k: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Confusion matrices (n_resamples×K×K) of the test set resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    codes = y_true * k + y_pred
+    cms = np.empty((n_resamples, k, k), dtype=np.int64)
+    for b in range(n_resamples):
+        cms[b] = np.bincount(codes[rng.integers(0, len(codes), len(codes))], minlength=k * k).reshape(k, k)
+    return cms
 
 
 def bootstrap_ci(y_true, y_pred, n_classes: int | None = None, n_resamples: int = 1000, seed: int = 0,
@@ -79,12 +94,7 @@ def bootstrap_ci(y_true, y_pred, n_classes: int | None = None, n_resamples: int 
     if len(y_true) == 0 or len(y_true) != len(y_pred):
         raise ValueError("y_true and y_pred must be non-empty and of equal length")
     k = int(n_classes or max(y_true.max(), y_pred.max()) + 1)
-    rng = np.random.default_rng(seed)
-    codes = y_true * k + y_pred
-    cms = np.empty((n_resamples, k, k), dtype=np.int64)
-    for b in range(n_resamples):
-        cms[b] = np.bincount(codes[rng.integers(0, len(codes), len(codes))], minlength=k * k).reshape(k, k)
-    acc, f1 = _acc_macro_f1(cms)
+    acc, f1 = _acc_macro_f1(_bootstrap_confusions(y_true, y_pred, k, n_resamples, seed))
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     return {"accuracy": np.percentile(acc, q).tolist(), "macro_f1": np.percentile(f1, q).tolist()}
 
@@ -110,14 +120,7 @@ def per_class_f1_ci(y_true, y_pred, classes, n_resamples: int = 1000, seed: int 
     y_true, y_pred = (np.asarray([idx.get(v, v) for v in a], dtype=np.int64) for a in (y_true, y_pred))
     if len(y_true) == 0 or len(y_true) != len(y_pred):
         raise ValueError("y_true and y_pred must be non-empty and of equal length")
-    k = len(classes)
-    rng = np.random.default_rng(seed)
-    codes = y_true * k + y_pred
-    cms = np.stack([np.bincount(codes[rng.integers(0, len(codes), len(codes))], minlength=k * k).reshape(k, k)
-                    for _ in range(n_resamples)])
-    tp = np.diagonal(cms, axis1=1, axis2=2).astype(float)
-    denom = cms.sum(1) + cms.sum(2)
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    f1 = _per_class_f1(_bootstrap_confusions(y_true, y_pred, len(classes), n_resamples, seed))
     lo, hi = np.percentile(f1, [(1 - level) / 2 * 100, (1 + level) / 2 * 100], axis=0)
     return {c: (float(lo[i]), float(hi[i])) for i, c in enumerate(classes)}
 

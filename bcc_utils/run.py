@@ -195,6 +195,22 @@ def load_model(checkpoint: str | os.PathLike | dict, device="cpu"):
     return model.eval(), ckpt
 
 
+def open_for_inference(checkpoint, device="cpu", temperature: float | None = None):
+    """What inference on image files needs: ``(model, ckpt, config, temperature, device)``.
+
+    ``checkpoint`` is a path (its ``calibration.json`` gives the temperature when ``temperature`` is ``None``)
+    or a ``(model, ckpt)`` pair from :func:`load_model` (temperature 1 unless given).
+    """
+    from bcc_utils.config import TrainConfig
+    from bcc_utils.device import resolve_device
+
+    if temperature is None:
+        temperature = 1.0 if isinstance(checkpoint, tuple) else load_temperature(checkpoint)
+    dev = resolve_device(device)
+    model, ckpt = checkpoint if isinstance(checkpoint, tuple) else load_model(checkpoint, dev)
+    return model, ckpt, TrainConfig.from_dict(ckpt["config"]), temperature, dev
+
+
 def load_with_images(checkpoint, data_dir=None, cache_dir=None, device="cpu", progress: bool = False,
                      rebuild_cache: bool = False):
     """A checkpoint's model and its manifest's images, preprocessed as in training (cached).

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from bcc_utils.cli import positive_int, warnings_to_stderr
+from bcc_utils.config import PRESETS
 
-PRESET_NAMES = ("paper", "cpu", "resnet18-cpu", "smoke")
+PRESET_NAMES = tuple(PRESETS)  # the presets are defined once, in bcc_utils.config
 
 
 def _summary(m: dict) -> str:
@@ -222,13 +223,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "augmentation groups, mixup, balancing modes), each with every seed, and "
                                    "write one JSON per run. Finished runs are skipped, so an interrupted grid "
                                    "continues where it stopped.")
+    # the keys of ablation.BASES, spelled out: importing ablation loads albumentations, slow for every command
     p.add_argument("--base", choices=("cpu", "classroom", "paper", "smoke"), default="cpu",
                    help="budget of every run: cpu (1 epoch on a CPU, minutes per run), classroom (the cpu preset's "
                         "5 epochs with the paper's pipeline), paper (GPU), smoke (CI)")
     p.add_argument("--data-dir", help="dataset folder (default: $BCC_DATA_DIR)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
-    p.add_argument("--variants", nargs="+", help="subset of variants (default: all of bcc_utils.ablation.VARIANTS; also RECIPES, "
-                        "e.g. classroom)")
+    p.add_argument("--variants", nargs="+",
+                   help="subset of variants (default: all of bcc_utils.ablation.VARIANTS; also RECIPES, e.g. classroom)")
     p.add_argument("--results", default="results/ablation", help="folder for the per-run JSON (default: %(default)s)")
     p.add_argument("--runs", default="runs/ablation", help="folder for the training runs (default: %(default)s)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],

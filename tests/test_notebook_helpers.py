@@ -347,23 +347,29 @@ def test_colab_launcher_only_calls_the_library():
     assert "train_or_load(" in code and "run_series(" in code
 
 
-@pytest.mark.parametrize("preset", ["paper", "cpu", "smoke"])
-def test_main_run_is_the_run_notebook_04_trains(preset):
-    """Notebooks 07 and 08 reuse notebook 04's run: same config and name, read from 04's parameters cell."""
+def _parameters(notebook: str, preset: str, **names) -> dict:
+    """The variables a notebook's parameters cell sets when ``auto_preset()`` returns ``preset``."""
     import json
     import os
     import types
     from pathlib import Path
 
+    nb = json.loads((Path(__file__).parent.parent / "notebooks" / notebook).read_text())
+    (cell,) = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    ns = {"os": os, "auto_preset": lambda: preset, **names,
+          "bcc_utils": types.SimpleNamespace(smoke_mode=lambda: preset == "smoke")}
+    exec("".join(cell["source"]), ns)
+    return ns
+
+
+@pytest.mark.parametrize("preset", ["paper", "cpu", "smoke"])
+def test_main_run_is_the_run_notebook_04_trains(preset):
+    """Notebooks 07 and 08 reuse notebook 04's run: same config and name, read from 04's parameters cell."""
     from bcc_utils.config import config_for
     from bcc_utils.notebook import main_run
     from bcc_utils.paper import PAPER_RUNS
 
-    nb = json.loads((Path(__file__).parent.parent / "notebooks" / "04_train_efficientnet_b0.ipynb").read_text())
-    (cell,) = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
-    ns = {"os": os, "auto_preset": lambda: preset, "PAPER_RUNS": PAPER_RUNS,
-          "bcc_utils": types.SimpleNamespace(smoke_mode=lambda: preset == "smoke")}
-    exec("".join(cell["source"]), ns)
+    ns = _parameters("04_train_efficientnet_b0.ipynb", preset, PAPER_RUNS=PAPER_RUNS)
     cfg, name = main_run(preset)
     assert name == ns["RUN_NAME"]
     assert cfg == config_for(ns["PRESET"], model=ns["MODEL"], **ns["OVERRIDES"])
@@ -372,19 +378,10 @@ def test_main_run_is_the_run_notebook_04_trains(preset):
 @pytest.mark.parametrize("preset", ["paper", "cpu", "smoke"])
 def test_resnet_run_is_the_run_notebook_05_trains(preset):
     """Notebook 07 looks for notebook 05's runs by name (RESNET_RUNS): same config and name as 05's parameters cell."""
-    import json
-    import os
-    import types
-    from pathlib import Path
-
     from bcc_utils.config import config_for
     from bcc_utils.run import RESNET_RUNS, resnet_run
 
-    nb = json.loads((Path(__file__).parent.parent / "notebooks" / "05_train_resnet.ipynb").read_text())
-    (cell,) = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
-    ns = {"os": os, "auto_preset": lambda: preset, "RESNET_RUNS": RESNET_RUNS,
-          "bcc_utils": types.SimpleNamespace(smoke_mode=lambda: preset == "smoke")}
-    exec("".join(cell["source"]), ns)
+    ns = _parameters("05_train_resnet.ipynb", preset, RESNET_RUNS=RESNET_RUNS)
     cfg, name = resnet_run(preset)
     assert name == ns["RUN_NAME"] == RESNET_RUNS[preset]
     assert cfg == config_for(ns["TRAIN_PRESET"], model=ns["MODEL"], **ns["OVERRIDES"])
