@@ -300,5 +300,17 @@ def per_class_f1(runs, reference: str = "full"):
     return f1 - f1.loc[reference]
 
 
+def per_class_recall(runs):
+    """Mean recall per class (rows: classes) and variant (columns) over seeds, from the records' test predictions."""
+    import pandas as pd
+
+    classes = runs["classes"].iloc[0]
+    rows = [(r.variant, [np.mean(np.asarray(r.y_pred)[np.asarray(r.y_true) == c] == c) for c in range(len(classes))])
+            for r in runs.itertuples()]
+    recall = pd.DataFrame([v for _, v in rows], index=[n for n, _ in rows], columns=classes).groupby(level=0).mean()
+    order = [v for v in [*VARIANTS, *RECIPES] if v in recall.index] + sorted(set(recall.index) - {*VARIANTS, *RECIPES})
+    return recall.loc[order].T
+
+
 __all__ = ["VARIANTS", "RECIPES", "BASES", "base_config", "variant_config", "run_ablation", "run_record", "load_ablation",
-           "summarize", "per_class_f1"]
+           "summarize", "per_class_f1", "per_class_recall"]

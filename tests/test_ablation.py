@@ -173,3 +173,17 @@ def test_a_claim_of_a_dead_process_is_taken_over_and_a_live_one_respected(tmp_pa
     assert not try_claim(claim)  # held by a live process (this one)
     claim.write_text(json.dumps({"host": "another-machine", "pid": dead}))
     assert not try_claim(claim)  # another machine's claim cannot be checked: respected
+
+
+def test_per_class_recall_is_the_mean_over_seeds_of_each_class_recall():
+    runs = pd.DataFrame([
+        {"variant": "full", "seed": 0, "classes": ["a", "b"], "y_true": [0, 0, 1, 1], "y_pred": [0, 1, 1, 1]},
+        {"variant": "full", "seed": 1, "classes": ["a", "b"], "y_true": [0, 0, 1, 1], "y_pred": [0, 0, 0, 1]},
+        {"variant": "classroom", "seed": 0, "classes": ["a", "b"], "y_true": [0, 0, 1, 1], "y_pred": [1, 1, 1, 1]},
+    ])
+    from bcc_utils.ablation import per_class_recall
+
+    recall = per_class_recall(runs)
+    assert list(recall.columns) == ["full", "classroom"] and list(recall.index) == ["a", "b"]
+    assert recall.loc["a", "full"] == pytest.approx(0.75) and recall.loc["b", "full"] == pytest.approx(0.75)
+    assert recall.loc["a", "classroom"] == 0 and recall.loc["b", "classroom"] == 1
