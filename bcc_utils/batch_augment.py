@@ -73,13 +73,24 @@ def _photometric(x, p: AugmentParams, enabled, g):
         hue = torch.where(on, _u(n, -p.hue_shift_limit, p.hue_shift_limit, g), 0.0) * 2 * math.pi / 180  # OpenCV: 2°
         sat = torch.where(on, 1 + _u(n, -p.sat_shift_limit, p.sat_shift_limit, g) / 255 * 2, 1.0)
         val = torch.where(on, _u(n, -p.val_shift_limit, p.val_shift_limit, g), 0.0)
-        yiq = torch.einsum("ij,bjhw->bihw", _RGB2YIQ, x)
-        i, q = yiq[:, 1], yiq[:, 2]
-        cos, sin = torch.cos(hue).view(n, 1, 1), torch.sin(hue).view(n, 1, 1)
-        s = sat.view(n, 1, 1)
-        yiq = torch.stack([yiq[:, 0] + val.view(n, 1, 1), s * (cos * i - sin * q), s * (sin * i + cos * q)], 1)
-        x = torch.einsum("ij,bjhw->bihw", _YIQ2RGB, yiq)
+        x = hue_saturation(x, hue, sat, val)
     return x
+
+
+def hue_saturation(x: torch.Tensor, hue: torch.Tensor, sat: torch.Tensor, val: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate the chroma plane of float RGB images by ``hue`` radians, scale it by ``sat``, add ``val`` to luma.
+
+    One value per image (B-vectors). YIQ keeps brightness (Y) apart from colour (I, Q), so the rotation
+    changes hue only: a linear stand-in for OpenCV's HSV shift that runs on a whole batch.
+    """
+    n = x.shape[0]
+    yiq = torch.einsum("ij,bjhw->bihw", _RGB2YIQ, x)
+    i, q = yiq[:, 1], yiq[:, 2]
+    cos, sin = torch.cos(hue).view(n, 1, 1), torch.sin(hue).view(n, 1, 1)
+    s = sat.view(n, 1, 1)
+    y = yiq[:, 0] if val is None else yiq[:, 0] + val.view(n, 1, 1)
+    yiq = torch.stack([y, s * (cos * i - sin * q), s * (sin * i + cos * q)], 1)
+    return torch.einsum("ij,bjhw->bihw", _YIQ2RGB, yiq)
 
 
 def _noise_blur(x, p: AugmentParams, enabled, g):

@@ -12,7 +12,7 @@ import math
 import typing
 from dataclasses import dataclass
 
-AUGMENTS = ("paper", "batch", "dihedral", "none")
+AUGMENTS = ("paper", "batch", "robust", "dihedral", "none")
 BALANCES = ("none", "sampler", "loss", "both")
 SCHEDULERS = ("cosine", "onecycle", "none")
 TTAS = ("none", "dihedral")
@@ -48,11 +48,14 @@ class TrainConfig:
         ``"paper"``: full albumentations pipeline per image in DataLoader workers;
         ``"batch"``: the same components vectorised over whole in-memory batches in the main process
         (:mod:`bcc_utils.batch_augment`, fast on a CPU);
+        ``"robust"``: flips plus zoom, stain, white-balance and blur changes against other labs' images,
+        vectorised over batches (:mod:`bcc_utils.robust_augment`);
         ``"dihedral"``: random horizontal/vertical flips and transpose of the whole uint8 batch in
         the main process (fast on a CPU); ``"none"``.
     augment_disable : str
         Comma-separated components of the ``"paper"`` or ``"batch"`` pipeline to leave out, e.g. ``"cutout"`` or
-        ``"noise,motion_blur"`` (names: :data:`bcc_utils.augment.COMPONENTS`); for ablations.
+        ``"noise,motion_blur"`` (names: :data:`bcc_utils.augment.COMPONENTS`), or of the ``"robust"`` one
+        (:data:`bcc_utils.robust_augment.COMPONENTS`, e.g. ``"stain"``); for ablations.
     mixup_p, mixup_alpha : float
         Probability of mixing a batch, and the Beta(alpha, alpha) parameter (0 disables mixup).
     balance : str
@@ -165,11 +168,14 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0 or self.freeze_blocks < 0:
             raise ValueError("lr must be > 0, weight_decay >= 0, freeze_blocks >= 0")
         if self.augment_disable:
-            from bcc_utils.augment import check_component_names
-
+            if self.augment not in ("paper", "batch", "robust"):
+                raise ValueError(f"augment_disable only applies to augment='paper', 'batch' or 'robust', "
+                                 f"not {self.augment!r}")
+            if self.augment == "robust":
+                from bcc_utils.robust_augment import check_component_names
+            else:
+                from bcc_utils.augment import check_component_names
             check_component_names(self.disabled_components)
-            if self.augment not in ("paper", "batch"):
-                raise ValueError(f"augment_disable only applies to augment='paper' or 'batch', not {self.augment!r}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ValueError(f"split_fractions must be three numbers summing to 1, got {self.split_fractions}")
         if self.clahe:

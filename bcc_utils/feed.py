@@ -64,9 +64,11 @@ def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: 
             order = shard
         else:
             order = torch.randperm(n, generator=g) if sampler is None else torch.as_tensor(list(sampler))
-        flips = cfg.augment == "dihedral" or (cfg.augment == "batch" and "flip" not in cfg.disabled_components)
+        flips = cfg.augment in ("dihedral", "robust") or (cfg.augment == "batch" and "flip" not in cfg.disabled_components)
         batches = MemoryBatches(*memory, batch, order, flips, g, drop_last, cfg.limit_train_batches)
-        return _Augmented(batches, cfg.disabled_components, g) if cfg.augment == "batch" else batches
+        if cfg.augment in ("batch", "robust"):
+            return _Augmented(batches, cfg.disabled_components, g, cfg.augment)
+        return batches
     from bcc_utils.augment import build_train_transform
     from bcc_utils.cache import CachedDataset
     from bcc_utils.workers import make_loader, reseed_transform
@@ -85,19 +87,23 @@ def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: 
 
 
 class _Augmented:
-    """The paper's other augmentations applied to each batch (:func:`bcc_utils.batch_augment.augment_batch`)."""
+    """Batch augmentations applied to each batch: the paper's (:func:`bcc_utils.batch_augment.augment_batch`)
+    or the lab-shift ones (:func:`bcc_utils.robust_augment.robust_batch`)."""
 
-    def __init__(self, batches, disable, generator):
-        self.batches, self.disable, self.generator = batches, disable, generator
+    def __init__(self, batches, disable, generator, kind="batch"):
+        self.batches, self.disable, self.generator, self.kind = batches, disable, generator, kind
 
     def __len__(self):
         return len(self.batches)
 
     def __iter__(self):
-        from bcc_utils.batch_augment import augment_batch
+        if self.kind == "robust":
+            from bcc_utils.robust_augment import robust_batch as augment
+        else:
+            from bcc_utils.batch_augment import augment_batch as augment
 
         for x, y in self.batches:
-            yield augment_batch(x, self.generator, disable=self.disable), y
+            yield augment(x, self.generator, disable=self.disable), y
 
 
 class _Limited:

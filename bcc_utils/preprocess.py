@@ -14,6 +14,12 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+#: Ruifrok & Johnston (2001) stain vectors (rows: haematoxylin, eosin, DAB; columns: optical density of
+#: R, G, B), as in ``skimage.color.rgb_from_hed``; their inverse turns optical density into stain amounts
+#: (used by :mod:`bcc_utils.shift` to measure stains and by :mod:`bcc_utils.robust_augment` to vary them).
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+
 if TYPE_CHECKING:  # torch is imported lazily: preprocessing alone does not need it
     import torch
 

@@ -39,10 +39,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-#: Ruifrok & Johnston (2001) stain vectors (rows: haematoxylin, eosin, DAB; columns: optical density of
-#: R, G, B), as in ``skimage.color.rgb_from_hed``; their inverse turns optical density into stain amounts.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+from bcc_utils.preprocess import HED_FROM_RGB, RGB_FROM_HED
+
 #: The model input size of the ``cpu`` preset (EfficientNet-Lite0 at 96 px); pass the run's ``img_size``.
 DEFAULT_INPUT_SIZE = 96
 #: Share of the non-cell pixels, the brightest, that count as background (plasma and glass, not red cells).
