@@ -277,6 +277,43 @@ def pipeline_diagram(
     return fig
 
 
+def _short_model_name(name: str) -> str:
+    """``tf_efficientnet_lite0`` -> ``EffNet-Lite0``, ``resnet50`` -> ``ResNet50``: fits a diagram's box."""
+    name = name.removeprefix("tf_")
+    if name.startswith("efficientnet_"):
+        return "EffNet-" + name.removeprefix("efficientnet_").capitalize()
+    return name.replace("resnet", "ResNet")
+
+
+def training_stages(cfg) -> tuple[list[str], list[str]]:
+    """Stage labels and kinds of one training run of ``cfg`` (a :class:`bcc_utils.config.TrainConfig`).
+
+    The labels name this config's choices (size, sampler, augmentation, mixup, loss, schedule), so the
+    diagrams of two presets show where they differ. Kinds: ``"once per image, cached"``,
+    ``"every batch"``, ``"every epoch"``.
+    """
+    sampler = "class-balanced" if cfg.balance in ("sampler", "both") else "shuffled"
+    augment = {"paper": "paper's 9\n(per image)", "batch": "paper's 9\n(per batch)", "robust": "lab-shift\n(per batch)",
+               "dihedral": "flips\n(per batch)", "none": "none"}[cfg.augment]
+    loss = ("class-weighted\n" if cfg.balance in ("loss", "both") else "") + "cross-entropy"
+    if cfg.label_smoothing:
+        loss += f"\n(smoothing {cfg.label_smoothing:g})"
+    stages = [f"CLAHE +\nresize {cfg.img_size}" if cfg.clahe else f"resize {cfg.img_size}",
+              f"sampler\n({sampler})", f"augment\n{augment}",
+              f"mixup\np = {cfg.mixup_p:g}" if cfg.mixup_p else "no mixup",
+              f"{_short_model_name(cfg.model)}\n({'%d stages frozen' % cfg.freeze_blocks if cfg.freeze_blocks else 'all trained'})",
+              loss, f"{cfg.optimizer.replace('adamw', 'AdamW')} step\n({cfg.scheduler} lr)",
+              "validate:\nkeep best"]
+    kinds = ["once per image, cached"] + ["every batch"] * 6 + ["every epoch"]
+    return stages, kinds
+
+
+def training_diagram(cfg, title: str | None = None) -> Figure:
+    """:func:`pipeline_diagram` of one training run of ``cfg`` (see :func:`training_stages`)."""
+    stages, kinds = training_stages(cfg)
+    return pipeline_diagram(stages, kinds, title=title, box_width=1.35)
+
+
 def grouped_bars(
     table,
     title: str = "",

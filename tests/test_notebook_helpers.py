@@ -412,3 +412,17 @@ def test_pipeline_diagram_draws_every_stage_as_text():
     assert texts == stages
     assert len(fig.axes[0].patches) == len(stages)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["once", "device"]
+
+
+def test_training_diagram_names_where_two_presets_differ():
+    from bcc_utils.config import config_for
+
+    paper, _ = figures.training_stages(config_for("paper"))
+    cpu, kinds = figures.training_stages(config_for("cpu"))
+    assert len(paper) == len(cpu) == len(kinds)
+    differ = {i for i, (a, b) in enumerate(zip(paper, cpu)) if a != b}
+    # size, sampler, augmentation, mixup, model, loss and schedule differ; CLAHE and "keep best" do not
+    assert differ == {0, 1, 2, 3, 4, 5, 6}
+    assert "class-balanced" in paper[1] and "shuffled" in cpu[1] and "smoothing 0.1" in cpu[5]
+    fig = figures.training_diagram(config_for("cpu"), title="cpu")
+    assert [t.get_text() for t in fig.axes[0].texts if t.get_text()] == cpu
