@@ -195,3 +195,40 @@ def test_figures(smoke_run, data_dir):
     assert len(live.rows) == 2
     for f in figs:
         f.savefig(io.BytesIO(), format="png")  # renders without pyplot
+
+
+@pytest.mark.parametrize("epochs, steps", [(1, 1), (1, 2), (2, 2), (1, 4), (3, 3)])
+def test_one_cycle_schedule_survives_tiny_runs(epochs, steps):
+    """A warm-up of exactly one step (pct_start x total = 1) divides by zero inside OneCycleLR: it must not."""
+    from bcc_utils.train import build_optimizer
+
+    cfg = config_for("smoke", epochs=epochs, onecycle_pct_start=0.25)
+    opt, sched = build_optimizer(cfg, torch.nn.Linear(3, 2), steps)
+    lrs = []
+    for _ in range(epochs * steps):
+        opt.step()
+        sched.step() if len(lrs) < epochs * steps - 1 else None
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(np.isfinite(lrs)) and max(lrs) <= cfg.lr * (1 + 1e-9)
+
+
+def test_sharpen_run_fine_tunes_the_run_at_a_larger_size_once(smoke_run, data_dir, cache):
+    from bcc_utils.run import load_model
+    from bcc_utils.train import sharpen_run
+
+    out, _ = smoke_run
+    parent, _ = load_model(out / "best.pt")
+    cfg = config_for("smoke", **SMOKE)
+    sharp_cfg, sharp_dir = sharpen_run(cfg, out, data_dir, 64, cache_dir=cache)
+    assert sharp_dir == out.with_name("smoke-64px") and sharp_cfg.img_size == 64 and sharp_cfg.epochs == 1
+    assert sharp_cfg.lr == pytest.approx(cfg.lr / 4)
+    assert json.loads((sharp_dir / "metrics.json").read_text())["config"]["img_size"] == 64
+    sharp, _ = load_model(sharp_dir / "best.pt")
+    p = torch.cat([t.detach().reshape(-1) for t in parent.parameters()])
+    s = torch.cat([t.detach().reshape(-1) for t in sharp.parameters()])
+    # a short phase at a small learning rate: the weights stay near the parent's, far nearer than the scale of the
+    # weights themselves (a fresh start would differ by about that scale)
+    assert (s - p).abs().mean() < 0.2 * p.abs().mean()
+    stamp = (sharp_dir / "best.pt").stat().st_mtime_ns
+    assert sharpen_run(cfg, out, data_dir, 64, cache_dir=cache)[1] == sharp_dir  # found, not trained again
+    assert (sharp_dir / "best.pt").stat().st_mtime_ns == stamp
