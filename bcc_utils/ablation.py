@@ -96,7 +96,7 @@ def variant_config(name: str, base: TrainConfig, seed: int) -> TrainConfig:
 
 def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/ablation", *, base: str = "cpu",
                  variants=None, seeds=(0, 1), overrides: dict | None = None, progress: bool = True,
-                 command: str | None = None, cache_dir=None, log=print) -> Path:
+                 command: str | None = None, cache_dir=None, external=(), log=print) -> Path:
     """Train every (variant, seed) pair that has no result yet and write its JSON to ``results_dir``.
 
     Parameters
@@ -117,6 +117,10 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
         Config fields changed for *all* runs (e.g. ``{"epochs": 5}``); recorded in ``ablation.json``.
     command
         The command line to record (default: a reconstruction from the arguments).
+    external
+        Folders of external sets (see :mod:`bcc_utils.external`): each newly trained run is also evaluated
+        on them, and its record keeps ``external`` (:func:`external_record`). Only measured, never used to
+        choose anything; records written before are left as they are.
 
     Returns
     -------
@@ -129,6 +133,10 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
     from bcc_utils.train import train_or_load
 
     variants = list(VARIANTS) if variants is None else list(variants)
+    external = [Path(f) for f in external]
+    names = [f.name for f in external]
+    if len(set(names)) < len(names):
+        raise ValueError(f"external sets need distinct folder names, got {names}")
     for v in variants:
         variant_config(v, TrainConfig(), 0)  # unknown names fail before any training
     seeds = [int(s) for s in seeds]
@@ -159,6 +167,8 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
                 cfg = variant_config(v, base_cfg, seed)
                 run_dir = train_or_load(cfg, data_dir, runs / name, progress=progress, cache_dir=cache_dir)
                 record = run_record(run_dir, v, seed)
+                if external:
+                    record["external"] = external_record(run_dir, external)
                 write_json(record, results / f"{name}.json")
                 trained.append(name)
             finally:
@@ -166,7 +176,7 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
             log(f"[{i}/{len(todo)}] {v} seed {seed}: test accuracy {record['accuracy']:.4f} "
                 f"({record['total_s']:.0f} s)")
     invocation = {
-        "command": command or _command(base, variants, seeds, overrides), "seeds": seeds, "variants": variants,
+        "command": command or _command(base, variants, seeds, overrides, external), "seeds": seeds, "variants": variants,
         "runs_trained": len(trained), "runs": trained, "started": started,
         "wall_s": round(time.perf_counter() - t0, 1),
         "hardware": hardware_info(device)}
@@ -184,12 +194,35 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
     return results
 
 
-def _command(base, variants, seeds, overrides) -> str:
+def _command(base, variants, seeds, overrides, external=()) -> str:
     parts = ["python -m bcc_utils ablate", f"--base {base}", "--seeds " + " ".join(map(str, seeds))]
     if list(variants) != list(VARIANTS):
         parts.append("--variants " + " ".join(variants))
     parts += [f"--set {k}={v}" for k, v in (overrides or {}).items()]
+    if external:  # the sets by name: a results file must not carry this machine's folders
+        parts.append("--external " + " ".join(f"…/{Path(f).name}" for f in external))
     return " ".join(parts)
+
+
+#: What :func:`external_record` keeps of each external report.
+EXTERNAL_FIELDS = ("n", "n_per_class", "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "recall",
+                   "confusion")
+
+
+def external_record(run_dir, folders) -> dict:
+    """``{set name: accuracy, balanced accuracy (with 95 % intervals), recall, confusion}`` of a run on external sets.
+
+    The run's own preprocessing, test-time augmentation and temperature are used
+    (:func:`bcc_utils.external.evaluate_external`); the set is named by its folder.
+    """
+    from bcc_utils.external import evaluate_external
+    from bcc_utils.run import BEST
+
+    out = {}
+    for folder in folders:
+        report, _ = evaluate_external(Path(run_dir) / BEST, folder)
+        out[Path(folder).name] = {k: report[k] for k in EXTERNAL_FIELDS}
+    return out
 
 
 def run_record(run_dir: str | os.PathLike, variant: str, seed: int) -> dict:
@@ -312,5 +345,6 @@ def per_class_recall(runs):
     return recall.loc[order].T
 
 
-__all__ = ["VARIANTS", "RECIPES", "BASES", "base_config", "variant_config", "run_ablation", "run_record", "load_ablation",
+__all__ = ["VARIANTS", "RECIPES", "BASES", "base_config", "variant_config", "run_ablation", "run_record",
+           "external_record", "EXTERNAL_FIELDS", "load_ablation",
            "summarize", "per_class_f1", "per_class_recall"]

@@ -141,11 +141,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from bcc_utils.ablation import load_ablation, run_ablation, summarize
     from bcc_utils.config import parse_overrides
 
-    command = "python -m bcc_utils ablate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["ablate"] else None
+    command = None  # reconstructed from the arguments: the raw command line would carry this machine's folders
     with warnings_to_stderr():
         results = run_ablation(args.data_dir, args.results, args.runs, base=args.base, variants=args.variants,
                                seeds=args.seeds, overrides=parse_overrides(args.set), progress=not args.quiet,
-                               command=command)
+                               command=command, external=args.external)
     runs, grid = load_ablation(results)
     table = summarize(runs)
     cols = ["n_seeds", "mean", "min", "max", "diff", "diff_lo", "diff_hi"]
@@ -235,5 +235,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default="runs/ablation", help="folder for the training runs (default: %(default)s)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="change a config field for every run, e.g. --set epochs=5 (repeatable)")
+    p.add_argument("--external", nargs="+", default=[], metavar="DIR",
+                   help="also evaluate each newly trained run on these external sets (e.g. from 'download "
+                        "wbc-external'); measured only, never used to choose anything")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ablate)

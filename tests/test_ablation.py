@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -187,3 +188,27 @@ def test_per_class_recall_is_the_mean_over_seeds_of_each_class_recall():
     assert list(recall.columns) == ["full", "classroom"] and list(recall.index) == ["a", "b"]
     assert recall.loc["a", "full"] == pytest.approx(0.75) and recall.loc["b", "full"] == pytest.approx(0.75)
     assert recall.loc["a", "classroom"] == 0 and recall.loc["b", "classroom"] == 1
+
+
+EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "wbc-external"
+
+
+@pytest.mark.skipif(not EXTERNAL.is_dir(), reason=f"the external white-cell sets are not at {EXTERNAL}")
+def test_a_grid_can_also_measure_each_run_on_external_sets(data_dir, tmp_path, monkeypatch):
+    from bcc_utils.external import evaluate_external
+
+    monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "cache"))
+    res, runs = tmp_path / "res", tmp_path / "runs"
+    sets = [EXTERNAL / "dataset2-cellavision"]
+    run_ablation(data_dir, res, runs, base="smoke", variants=["full"], seeds=[0], progress=False, external=sets,
+                 log=lambda *_: None)
+    rec = json.loads((res / "full-s0.json").read_text())
+    ext = rec["external"]["dataset2-cellavision"]
+    report, _ = evaluate_external(runs / "full-s0" / "best.pt", sets[0])
+    assert ext["n"] == report["n"] == 100 and ext["balanced_accuracy"] == pytest.approx(report["balanced_accuracy"])
+    assert sum(sum(row) for row in ext["confusion"]["counts"]) == 100
+    command = json.loads((res / "ablation.json").read_text())["invocations"][0]["command"]
+    assert command.endswith("--external …/dataset2-cellavision") and str(EXTERNAL) not in command
+    with pytest.raises(ValueError, match="distinct folder names"):
+        run_ablation(data_dir, res, runs, base="smoke", variants=["full"], seeds=[0], progress=False,
+                     external=[sets[0], tmp_path / "dataset2-cellavision"])
