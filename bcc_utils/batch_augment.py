@@ -38,6 +38,12 @@ def _on(n, p, g):
     return torch.rand(n, generator=g) < p
 
 
+def check_uint8_batch(x: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a uint8 B×3×S×S batch of square images."""
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"{name} expects uint8 B×3×S×S square images, got {x.dtype} {tuple(x.shape)}")
+
+
 def _affine(x, p: AugmentParams, enabled, g):
     n, s = x.shape[0], x.shape[-1]
     angle, scale, shift = torch.zeros(n), torch.ones(n), torch.zeros(n, 2)
@@ -154,8 +160,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, par
     torch.Tensor
         uint8 B×3×S×S, rounded and clipped to 0–255.
     """
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"augment_batch expects uint8 B×3×S×S square images, got {x.dtype} {tuple(x.shape)}")
+    check_uint8_batch(x, "augment_batch")
     check_component_names(list(disable))
     p = params or AugmentParams()
     enabled = set(COMPONENTS) - set(disable)

@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bcc_utils.batch_augment import _on, _u, check_uint8_batch, hue_saturation
 from bcc_utils.preprocess import HED_FROM_RGB, RGB_FROM_HED
 
 #: Names of the components, in the order they are applied.
@@ -69,14 +70,6 @@ def check_component_names(names) -> None:
         raise ValueError(f"Unknown robust augmentation component(s) {unknown}; valid names: {', '.join(COMPONENTS)}.")
 
 
-def _u(n, lo, hi, g):
-    return lo + (hi - lo) * torch.rand(n, generator=g)
-
-
-def _on(n, p, g):
-    return torch.rand(n, generator=g) < p
-
-
 def _zoom(x, p: RobustParams, g):
     n, s = x.shape[0], x.shape[-1]
     on = _on(n, p.zoom_p, g)
@@ -105,8 +98,6 @@ def _stain(x, p: RobustParams, g):
 
 
 def _colour(x, p: RobustParams, g):
-    from bcc_utils.batch_augment import hue_saturation
-
     n = x.shape[0]
     on = _on(n, p.colour_p, g)
     hue = torch.where(on, _u(n, -p.hue_limit, p.hue_limit, g), 0.0) * math.pi / 180
@@ -166,8 +157,7 @@ def robust_batch(x: torch.Tensor, generator: torch.Generator | None = None, para
     torch.Tensor
         uint8 B×3×S×S, rounded and clipped to 0–255.
     """
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"robust_batch expects uint8 B×3×S×S square images, got {x.dtype} {tuple(x.shape)}")
+    check_uint8_batch(x, "robust_batch")
     check_component_names(list(disable))
     p = params or RobustParams()
     out = x.float().contiguous()
