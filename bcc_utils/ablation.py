@@ -225,8 +225,12 @@ def external_record(run_dir, folders) -> dict:
     return out
 
 
+#: Columns of a run's ``history.csv`` kept in its record.
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
 def run_record(run_dir: str | os.PathLike, variant: str, seed: int) -> dict:
-    """The small JSON kept for one ablation run: metrics, best validation accuracy, timing, test predictions."""
+    """The small JSON kept for one ablation run: metrics, learning curves, timing, test predictions."""
     import pandas as pd
 
     from bcc_utils.run import HISTORY_CSV, METRICS, PREDICTIONS
@@ -234,12 +238,15 @@ def run_record(run_dir: str | os.PathLike, variant: str, seed: int) -> dict:
     run_dir = Path(run_dir)
     m = json.loads((run_dir / METRICS).read_text())
     pred = pd.read_csv(run_dir / PREDICTIONS)
+    history = pd.read_csv(run_dir / HISTORY_CSV)
     classes = m["classes"]
     return {
         "schema_version": 1, "variant": variant, "seed": seed, "removes": _variant(variant)[0],
         "config": m["config"], "accuracy": m["test"]["accuracy"], "macro_f1": m["test"]["macro_f1"],
         "accuracy_ci": m["test"]["accuracy_ci"], "best_epoch": m["best_epoch"],
-        "val_acc": float(pd.read_csv(run_dir / HISTORY_CSV)["val_acc"].max()),  # what model selection may use
+        "val_acc": float(history["val_acc"].max()),  # what model selection may use
+        # the learning curves, so under-fitting (validation still rising at the end) can be seen from the record
+        "history": history[list(HISTORY_FIELDS)].round(5).to_dict(orient="records"),
         "total_s": m["timing"]["total_s"], "train_img_per_s": m["timing"]["train_img_per_s"],
         "dataset": m["dataset"], "classes": classes,
         "f1": {c: m["test"]["per_class"][c]["f1"] for c in classes},
@@ -268,11 +275,12 @@ def load_ablation(results_dir="results/ablation"):
     return pd.DataFrame(rows), grid
 
 
-def summarize(runs, reference: str = "full", n_resamples: int = 2000, seed: int = 0):
+def summarize(runs, reference: str = "full", n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95):
     """Per variant: mean, min and max test accuracy over seeds, and the difference to ``reference``.
 
     The difference is ``mean over seeds(variant accuracy) - mean over seeds(reference accuracy)``. Two
-    95 % intervals come with it:
+    intervals at level ``confidence`` come with it (for k comparisons with one reference, Bonferroni's
+    ``confidence = 1 - 0.05 / k`` keeps the chance of any false "measurable" under 5 %):
 
     * ``test_lo, test_hi`` — resampling the *test images* only (the same resample for both sides, so it
       is paired): what the test-set size alone allows one to tell apart;
@@ -290,6 +298,8 @@ def summarize(runs, reference: str = "full", n_resamples: int = 2000, seed: int 
     """
     import pandas as pd
 
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     if reference not in set(runs["variant"]):
         raise ValueError(f"the results have no {reference!r} runs to compare with")
     if runs["paths_sha"].nunique() != 1:
@@ -313,8 +323,9 @@ def summarize(runs, reference: str = "full", n_resamples: int = 2000, seed: int 
         pick_v = rng.integers(0, len(acc), size=(len(acc), n_resamples))
         pick_r = rng.integers(0, len(ref), size=(len(ref), n_resamples))
         both = acc[pick_v, cols].mean(0) - ref[pick_r, cols].mean(0)
-        lo, hi = np.percentile(both, [2.5, 97.5])
-        tlo, thi = np.percentile(test_only, [2.5, 97.5])
+        q = [50 * (1 - confidence), 50 * (1 + confidence)]
+        lo, hi = np.percentile(both, q)
+        tlo, thi = np.percentile(test_only, q)
         diff = part["accuracy"].mean() - runs.loc[runs["variant"] == reference, "accuracy"].mean()
         out.append({"variant": v, "removes": part["removes"].iloc[0], "n_seeds": len(part),
                     "mean": part["accuracy"].mean(), "min": part["accuracy"].min(), "max": part["accuracy"].max(),
@@ -335,16 +346,29 @@ def per_class_f1(runs, reference: str = "full"):
 
 def per_class_recall(runs):
     """Mean recall per class (rows: classes) and variant (columns) over seeds, from the records' test predictions."""
+    return _per_class(runs, "recall")
+
+
+def per_class_precision(runs):
+    """Mean precision per class (rows) and variant (columns) over seeds; a class never predicted counts as 0."""
+    return _per_class(runs, "precision")
+
+
+def _per_class(runs, metric: str):
     import pandas as pd
 
     classes = runs["classes"].iloc[0]
-    rows = [(r.variant, [np.mean(np.asarray(r.y_pred)[np.asarray(r.y_true) == c] == c) for c in range(len(classes))])
-            for r in runs.itertuples()]
-    recall = pd.DataFrame([v for _, v in rows], index=[n for n, _ in rows], columns=classes).groupby(level=0).mean()
-    order = [v for v in [*VARIANTS, *RECIPES] if v in recall.index] + sorted(set(recall.index) - {*VARIANTS, *RECIPES})
-    return recall.loc[order].T
+    rows = []
+    for r in runs.itertuples():
+        y_true, y_pred = np.asarray(r.y_true), np.asarray(r.y_pred)
+        # recall: of the images of class c, the share predicted c; precision: the same with the roles swapped
+        ref, other = (y_true, y_pred) if metric == "recall" else (y_pred, y_true)
+        rows.append([float(np.mean(other[ref == c] == c)) if (ref == c).any() else 0.0 for c in range(len(classes))])
+    table = pd.DataFrame(rows, index=runs["variant"].to_numpy(), columns=classes).groupby(level=0).mean()
+    order = [v for v in [*VARIANTS, *RECIPES] if v in table.index] + sorted(set(table.index) - {*VARIANTS, *RECIPES})
+    return table.loc[order].T
 
 
 __all__ = ["VARIANTS", "RECIPES", "BASES", "base_config", "variant_config", "run_ablation", "run_record",
            "external_record", "EXTERNAL_FIELDS", "load_ablation",
-           "summarize", "per_class_f1", "per_class_recall"]
+           "summarize", "per_class_f1", "per_class_recall", "per_class_precision", "HISTORY_FIELDS"]

@@ -88,6 +88,8 @@ def test_smoke_grid_writes_records_resumes_and_summarizes(data_dir, tmp_path, mo
     assert rec["accuracy"] == pytest.approx(np.mean(np.array(rec["y_true"]) == np.array(rec["y_pred"])))
     history = pd.read_csv(runs / "no_cutout-s1" / "history.csv")
     assert rec["val_acc"] == pytest.approx(history["val_acc"].max())  # the validation number a choice may use
+    assert [h["epoch"] for h in rec["history"]] == history["epoch"].tolist()  # the learning curves travel along
+    assert [h["val_acc"] for h in rec["history"]] == pytest.approx(history["val_acc"].tolist(), abs=1e-5)
     grid = json.loads((res / "ablation.json").read_text())
     assert grid["invocations"][0]["runs_trained"] == 4 and grid["invocations"][0]["wall_s"] > 0
     # a second call trains nothing new
@@ -131,6 +133,13 @@ def test_summary_difference_and_its_two_intervals():
     # the test-image interval alone calls the noisy variant different; the seed-aware interval does not
     assert t.loc["no_clahe", "test_hi"] < 0 or t.loc["no_clahe", "test_lo"] > 0
     assert t.loc["no_clahe", "diff_lo"] < 0 < t.loc["no_clahe", "diff_hi"] and not t.loc["no_clahe", "significant"]
+    # a stricter level (Bonferroni over three comparisons) widens both intervals around the same difference
+    strict = summarize(runs, confidence=1 - 0.05 / 3)
+    assert (strict["diff"] == t["diff"]).all()
+    assert (strict["diff_lo"] <= t["diff_lo"]).all() and (strict["diff_hi"] >= t["diff_hi"]).all()
+    assert (strict["test_hi"] - strict["test_lo"] > t["test_hi"] - t["test_lo"]).loc[["no_cutout", "no_clahe"]].all()
+    with pytest.raises(ValueError, match="confidence"):
+        summarize(runs, confidence=95)
     runs.loc[0, "paths_sha"] = "other"
     with pytest.raises(ValueError, match="different test sets"):
         summarize(runs)
@@ -188,6 +197,25 @@ def test_per_class_recall_is_the_mean_over_seeds_of_each_class_recall():
     assert list(recall.columns) == ["full", "classroom"] and list(recall.index) == ["a", "b"]
     assert recall.loc["a", "full"] == pytest.approx(0.75) and recall.loc["b", "full"] == pytest.approx(0.75)
     assert recall.loc["a", "classroom"] == 0 and recall.loc["b", "classroom"] == 1
+
+
+def test_per_class_precision_matches_sklearn_and_counts_a_class_never_predicted_as_zero():
+    from sklearn.metrics import precision_score
+
+    from bcc_utils.ablation import per_class_precision
+
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 3, 200)
+    seeds = [np.where(rng.uniform(size=200) < 0.8, y_true, rng.integers(0, 3, 200)) for _ in range(2)]
+    never_c = np.where(y_true == 2, 0, y_true)  # class "c" is never predicted
+    runs = pd.DataFrame([{"variant": "full", "seed": s, "classes": ["a", "b", "c"], "y_true": y_true.tolist(),
+                          "y_pred": p.tolist()} for s, p in enumerate(seeds)]
+                        + [{"variant": "no_mixup", "seed": 0, "classes": ["a", "b", "c"], "y_true": y_true.tolist(),
+                            "y_pred": never_c.tolist()}])
+    prec = per_class_precision(runs)
+    expected = np.mean([precision_score(y_true, p, average=None, labels=[0, 1, 2]) for p in seeds], axis=0)
+    assert prec["full"].to_numpy() == pytest.approx(expected)
+    assert prec.loc["c", "no_mixup"] == 0 and prec.loc["b", "no_mixup"] == 1
 
 
 EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "wbc-external"
