@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bcc_utils.bench",  # bench pipeline, bench latency
     "bcc_utils.export",  # export (ONNX + sidecar)
     "bcc_utils.explain_cli",  # explain (class activation maps and their share on the cell)
+    "bcc_utils.corruptions_cli",  # robustness (accuracy under corruptions)
 )
 
 

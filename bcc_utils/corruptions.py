@@ -34,6 +34,10 @@ Typical use::
     curves = corruption_curves("runs/lite0-cpu/best.pt", "pbc-128", limit=800)
     print(curves.table)
     plot_corruption_curves(curves, references={"dataset1-jtsc": 0.19})
+
+or from the command line, writing the curves (and every prediction) for :func:`load_curves`::
+
+    python -m bcc_utils robustness runs/lite0-cpu/best.pt --data-dir pbc-128 --limit 800 --json curves.json
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import os
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -342,6 +347,39 @@ def corruption_curves(checkpoint, data_dir=None, kinds=KINDS, severities=SEVERIT
                             predictions=preds, wall_s=time.perf_counter() - t0, seed=int(seed))
 
 
+def save_curves(curves: CorruptionCurves, path, extra: dict | None = None) -> Path:
+    """Write ``curves`` to a JSON file that :func:`load_curves` reads back (predictions included).
+
+    The checkpoint is recorded as ``<run folder>/<file>``, never as a path of this machine; ``extra`` (e.g. the
+    command and hardware) is stored under ``"run_info"``.
+    """
+    from bcc_utils.atomic import write_json
+
+    ckpt = Path(curves.checkpoint)
+    out = {"schema_version": 1, "checkpoint": f"{ckpt.parent.name}/{ckpt.name}", "split": curves.split,
+           "n": curves.n, "n_split": curves.n_split, "seed": curves.seed, "clean": curves.clean,
+           "wall_s": round(curves.wall_s, 1), "classes": curves.classes, "levels": {k: list(v) for k, v in LEVELS.items()},
+           "table": curves.table.to_dict(orient="records"), "paths": curves.paths,
+           "labels": [int(v) for v in curves.labels],
+           "predictions": {f"{k}:{s}": [int(v) for v in pred] for (k, s), pred in curves.predictions.items()}}
+    if extra:
+        out["run_info"] = extra
+    return write_json(out, path)
+
+
+def load_curves(path) -> CorruptionCurves:
+    """The :class:`CorruptionCurves` saved by :func:`save_curves` (or the ``robustness`` command)."""
+    import json
+
+    import pandas as pd
+
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    preds = {(k, int(s)): np.asarray(v) for k, s, v in ((*key.rsplit(":", 1), v) for key, v in d["predictions"].items())}
+    return CorruptionCurves(table=pd.DataFrame(d["table"]), clean=d["clean"], n=d["n"], n_split=d["n_split"],
+                            split=d["split"], checkpoint=d["checkpoint"], classes=d["classes"], paths=d["paths"],
+                            labels=np.asarray(d["labels"]), predictions=preds, wall_s=d["wall_s"], seed=d["seed"])
+
+
 def plot_corruption_curves(curves, references: dict[str, float] | None = None, ax=None, chance: bool = True):
     """Accuracy against severity, one line (with its 95 % band) per corruption kind.
 
@@ -394,4 +432,5 @@ def plot_corruption_curves(curves, references: dict[str, float] | None = None, a
 
 
 __all__ = ["KINDS", "LEVELS", "UNITS", "SEVERITIES", "REFERENCE_SIDE", "level", "corrupt", "psnr",
-           "stratified_subset", "CorruptionCurves", "corruption_curves", "plot_corruption_curves"]
+           "stratified_subset", "CorruptionCurves", "corruption_curves", "save_curves", "load_curves",
+           "plot_corruption_curves"]

@@ -10,6 +10,7 @@ dataset's attribution (:data:`PBC_CREDIT`, CC BY 4.0 asks for it).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -308,4 +309,67 @@ def plot_ablation(summary: pd.DataFrame, title: str | None = None) -> Figure:
                   "thin: 95 % interval over test images; thick: over test images and seeds")
     ax.set_title(title or "What removing each component does")
     ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_grid_curves(runs: pd.DataFrame, reference: str = "full") -> Figure:
+    """Learning curves of an ablation grid (records with ``history``, see :func:`bcc_utils.ablation.run_record`).
+
+    Left: the ``reference`` runs' training accuracy (augmented, mixed images, during the epoch) and validation
+    accuracy (clean images, after it), one line per seed. Right: every variant's validation accuracy per epoch,
+    mean over its seeds. Still rising at the last epoch means the budget under-fits; a falling validation
+    curve while training accuracy rises means it over-fits.
+    """
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for r in runs[runs["variant"] == reference].itertuples():
+        h = pd.DataFrame(r.history)
+        left.plot(h["epoch"], 100 * h["train_acc"], "o-", color="tab:orange", ms=3, alpha=0.8,
+                  label="train (augmented, mixup)" if r.seed == runs["seed"].min() else None)
+        left.plot(h["epoch"], 100 * h["val_acc"], "s-", color="tab:blue", ms=3, alpha=0.8,
+                  label="validation (clean)" if r.seed == runs["seed"].min() else None)
+    left.set(title=f"{reference}: one line per seed", xlabel="epoch", ylabel="accuracy (%)")
+    left.legend(fontsize=8, loc="lower right")
+    curves = {v: pd.concat([pd.DataFrame(h) for h in part["history"]]).groupby("epoch")["val_acc"].mean()
+              for v, part in runs.groupby("variant", sort=False)}
+    for v, c in curves.items():
+        right.plot(c.index, 100 * c, "-", lw=2.5 if v == reference else 1.2, color="black" if v == reference else None,
+                   label=f"{v.replace('_', ' ')} (n={int((runs['variant'] == v).sum())})")
+    right.set(title="validation accuracy, mean over seeds", xlabel="epoch", ylabel="accuracy (%)")
+    last = min(len(c) for c in curves.values())
+    low = min(float(c.iloc[last // 2:].min()) for c in curves.values())
+    right.set_ylim(100 * low - 1, None)  # the second half, where the variants differ
+    right.set_xlim(last // 2 + 0.5, None)
+    right.legend(fontsize=7, ncol=2, loc="lower right")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+def plot_per_class_change(changes: Mapping[str, pd.DataFrame], title: str | None = None) -> Figure:
+    """Heatmaps of per-class changes in percentage points, one per measure (e.g. precision and recall).
+
+    Parameters
+    ----------
+    changes
+        ``{measure: DataFrame}``, rows classes, columns variants, values "variant minus reference" as fractions
+        (e.g. ``per_class_precision(runs).sub(…["full"], axis=0)``).
+    """
+    import seaborn as sns
+
+    fig = Figure(figsize=(5.2 * len(changes), 3.9), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(changes)))
+    lim = max(float(np.nanmax(np.abs(100 * d.to_numpy()))) for d in changes.values()) or 1.0
+    for ax, (name, d) in zip(axes, changes.items()):
+        with warnings.catch_warnings():  # seaborn 0.13 calls a colormap method that matplotlib 3.11 deprecates
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(100 * d, annot=True, fmt="+.1f", cmap="RdBu", vmin=-lim, vmax=lim, center=0, ax=ax,
+                        cbar=ax is axes[-1], cbar_kws={"label": "points"}, annot_kws={"fontsize": 7})
+        ax.set_title(f"{name}: variant minus full pipeline")
+        ax.set(xlabel="", ylabel="")
+        ax.set_xticklabels([t.get_text().replace("_", " ") for t in ax.get_xticklabels()], rotation=35, ha="right")
+        ax.tick_params(axis="y", rotation=0)
+    if title:
+        fig.suptitle(title)
     return fig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from bcc_utils.corruptions import (
     corrupt,
     corruption_curves,
     level,
+    load_curves,
     plot_corruption_curves,
     psnr,
     stratified_subset,
@@ -159,3 +161,38 @@ def test_corruption_curves_on_a_smoke_run(run_dir, data_dir):
 def test_corruption_curves_refuses_unknown_kinds_before_work(run_dir, data_dir):
     with pytest.raises(ValueError, match="unknown corruption kind"):
         corruption_curves(run_dir / "best.pt", data_dir, kinds=("fog",))
+
+
+def test_robustness_command_writes_curves_that_load_back(run_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "curves.json"
+    argv = ["robustness", str(run_dir / "best.pt"), "--data-dir", str(data_dir), "--kinds", "blur", "jpeg",
+            "--severities", "2", "5", "--limit", "16", "--seed", "3", "--threads", "1", "--quiet", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "16 of" in printed and "blur:" in printed and "jpeg:" in printed
+    loaded = load_curves(out)
+    direct = corruption_curves(run_dir / "best.pt", data_dir, kinds=("blur", "jpeg"), severities=(2, 5), limit=16,
+                               seed=3)
+    assert set(loaded.predictions) == set(direct.predictions)
+    for key, pred in direct.predictions.items():
+        assert np.array_equal(loaded.predictions[key], pred), key
+    assert loaded.paths == direct.paths and np.array_equal(loaded.labels, direct.labels)
+    pd.testing.assert_frame_equal(loaded.table, direct.table, check_dtype=False)
+    assert loaded.confusion("jpeg", 5).sum() == 16 and loaded.clean == direct.clean
+    saved = json.loads(out.read_text())
+    # no path of the machine that ran it: the checkpoint is named by its run folder
+    assert saved["checkpoint"] == f"{run_dir.name}/best.pt" and str(tmp_path) not in out.read_text()
+    assert saved["run_info"]["command"].startswith(f"python -m bcc_utils robustness {run_dir.name}/best.pt")
+
+
+def test_robustness_command_errors_are_one_line(run_dir, data_dir, tmp_path, capsys):
+    for argv, message in (
+        (["--kinds", "fog"], "unknown corruption kind"),
+        (["--severities", "7"], "severity"),
+        (["--json", str(tmp_path)], "is a folder"),
+    ):
+        assert main(["robustness", str(run_dir / "best.pt"), "--data-dir", str(data_dir), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert main(["robustness", str(tmp_path / "missing.pt"), "--data-dir", str(data_dir)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
