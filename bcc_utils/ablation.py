@@ -344,6 +344,39 @@ def per_class_f1(runs, reference: str = "full"):
     return f1 - f1.loc[reference]
 
 
+def external_summary(runs, measure: str = "accuracy", reference: str = "full"):
+    """Per variant and external set (records made with ``--external``): ``measure`` over seeds and its change.
+
+    Parameters
+    ----------
+    measure
+        ``"accuracy"`` or ``"balanced_accuracy"`` (over the classes the set has).
+
+    Returns
+    -------
+    DataFrame
+        Indexed by (variant, set): ``n_seeds, mean, min, max, diff`` (mean minus the ``reference`` variant's mean
+        on the same set); runs without external results are left out.
+    """
+    import pandas as pd
+
+    if measure not in ("accuracy", "balanced_accuracy"):
+        raise ValueError(f"measure must be 'accuracy' or 'balanced_accuracy', got {measure!r}")
+    rows = [{"variant": r.variant, "seed": r.seed, "set": name, "value": ext[measure]}
+            for r in runs.itertuples() if isinstance(getattr(r, "external", None), dict)
+            for name, ext in r.external.items()]
+    if not rows:
+        raise ValueError("no run of these results was measured on an external set (ablate --external)")
+    df = pd.DataFrame(rows)
+    out = df.groupby(["variant", "set"])["value"].agg(n_seeds="count", mean="mean", min="min", max="max")
+    if reference in out.index.get_level_values(0):
+        ref = out.loc[reference, "mean"]
+        out["diff"] = [m - ref.get(s, np.nan) for (_, s), m in zip(out.index, out["mean"])]
+    order = [v for v in [*VARIANTS, *RECIPES] if v in out.index.get_level_values(0)]
+    order += sorted(set(out.index.get_level_values(0)) - set(order))
+    return out.reindex(order, level=0)
+
+
 def per_class_recall(runs):
     """Mean recall per class (rows: classes) and variant (columns) over seeds, from the records' test predictions."""
     return _per_class(runs, "recall")
@@ -371,4 +404,4 @@ def _per_class(runs, metric: str):
 
 __all__ = ["VARIANTS", "RECIPES", "BASES", "base_config", "variant_config", "run_ablation", "run_record",
            "external_record", "EXTERNAL_FIELDS", "load_ablation",
-           "summarize", "per_class_f1", "per_class_recall", "per_class_precision", "HISTORY_FIELDS"]
+           "summarize", "per_class_f1", "per_class_recall", "per_class_precision", "external_summary", "HISTORY_FIELDS"]

@@ -373,3 +373,36 @@ def plot_per_class_change(changes: Mapping[str, pd.DataFrame], title: str | None
     if title:
         fig.suptitle(title)
     return fig
+
+
+def plot_shift_ablation(pbc_diff: pd.Series, external: pd.DataFrame, reference: str = "full") -> Figure:
+    """What removing each component does on PBC's test split and on external sets, in accuracy points.
+
+    Parameters
+    ----------
+    pbc_diff
+        Difference to the reference per variant on the PBC test split (``summarize(runs)["diff"]``).
+    external
+        :func:`bcc_utils.ablation.external_summary` (accuracy): one dot per set at the mean over seeds, its line
+        from the lowest to the highest seed (each minus the reference's mean on that set).
+    """
+    variants = [v for v in pbc_diff.index if v != reference][::-1]
+    sets = list(dict.fromkeys(external.index.get_level_values("set")))
+    fig = Figure(figsize=(7.5, 0.5 * len(variants) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(variants))
+    step = 0.22
+    ax.plot(100 * pbc_diff.loc[variants], y + step, "D", color="black", label="PBC test split")
+    for k, (s, colour) in enumerate(zip(sets, ("tab:orange", "tab:purple", "tab:green", "tab:brown"))):
+        e = external.xs(s, level="set").reindex(variants)
+        ref_mean = e["mean"] - e["diff"]
+        yk = y - k * step
+        ax.hlines(yk, 100 * (e["min"] - ref_mean), 100 * (e["max"] - ref_mean), color=colour, lw=1.5)
+        ax.plot(100 * e["diff"], yk, "o", color=colour, label=f"{s} (line: seed range)")
+    ax.axvline(0, color="0.3", lw=1)
+    ax.set_yticks(y, [v.replace("_", " ") for v in variants])
+    ax.set_xlabel("accuracy minus the full pipeline's, percentage points")
+    ax.set_title("Removing one component: PBC's own test split vs other labs' cells")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(axis="x", alpha=0.3)
+    return fig

@@ -240,3 +240,54 @@ def test_a_grid_can_also_measure_each_run_on_external_sets(data_dir, tmp_path, m
     with pytest.raises(ValueError, match="distinct folder names"):
         run_ablation(data_dir, res, runs, base="smoke", variants=["full"], seeds=[0], progress=False,
                      external=[sets[0], tmp_path / "dataset2-cellavision"])
+
+
+def test_external_summary_is_the_mean_over_seeds_and_its_change_from_full():
+    from bcc_utils.ablation import external_summary
+
+    def rec(variant, seed, tecom, cv):
+        return {"variant": variant, "seed": seed, "external": {
+            "tecom": {"accuracy": tecom, "balanced_accuracy": tecom / 2},
+            "cv": {"accuracy": cv, "balanced_accuracy": cv / 2}}}
+
+    runs = pd.DataFrame([rec("full", 0, 0.5, 0.4), rec("full", 1, 0.7, 0.4), rec("no_clahe", 0, 0.2, 0.5),
+                         {"variant": "no_clahe", "seed": 1, "external": np.nan}])  # a run measured before --external
+    t = external_summary(runs)
+    assert list(t.index) == [("full", "cv"), ("full", "tecom"), ("no_clahe", "cv"), ("no_clahe", "tecom")]
+    assert t.loc[("full", "tecom"), "mean"] == pytest.approx(0.6) and t.loc[("full", "tecom"), "n_seeds"] == 2
+    assert t.loc[("no_clahe", "tecom"), "diff"] == pytest.approx(-0.4) and t.loc[("no_clahe", "cv"), "n_seeds"] == 1
+    assert external_summary(runs, "balanced_accuracy").loc[("full", "tecom"), "max"] == pytest.approx(0.35)
+    with pytest.raises(ValueError, match="measure"):
+        external_summary(runs, "f1")
+    with pytest.raises(ValueError, match="external set"):
+        external_summary(runs.assign(external=np.nan))
+
+
+def test_grid_figures_draw_what_the_records_hold():
+    from bcc_utils.ablation import external_summary, per_class_precision, per_class_recall
+    from bcc_utils.viz import plot_grid_curves, plot_per_class_change, plot_shift_ablation
+
+    def rec(variant, seed, val, ext):
+        hist = [{"epoch": e + 1, "train_acc": v - 0.1, "val_acc": v} for e, v in enumerate(val)]
+        return {"variant": variant, "seed": seed, "classes": ["a", "b"], "y_true": [0, 0, 1, 1],
+                "y_pred": [0, 1, 1, 1] if variant == "full" else [0, 0, 0, 1], "history": hist,
+                "external": {"tecom": {"accuracy": ext}, "cv": {"accuracy": ext + 0.1}}}
+
+    runs = pd.DataFrame([rec("full", 0, [0.5, 0.8, 0.9, 0.92], 0.6), rec("full", 1, [0.4, 0.7, 0.9, 0.94], 0.5),
+                         rec("no_clahe", 0, [0.5, 0.85, 0.9, 0.95], 0.2)])
+    fig = plot_grid_curves(runs)
+    left, right = fig.axes
+    assert len(left.lines) == 4  # train and validation for each of the two full seeds
+    assert [line.get_label() for line in right.lines] == ["full (n=2)", "no clahe (n=1)"]
+    assert np.allclose(right.lines[0].get_ydata(), [45, 75, 90, 93])  # mean of the two seeds, in %
+    p, r = per_class_precision(runs), per_class_recall(runs)
+    fig = plot_per_class_change({"precision": p.drop(columns="full").sub(p["full"], axis=0),
+                                 "recall": r.drop(columns="full").sub(r["full"], axis=0)})
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert texts == ["+50.0", "-50.0"]  # recall of a: 1/2 -> 1, of b: 1 -> 1/2
+    ext = external_summary(runs)
+    fig = plot_shift_ablation(pd.Series({"full": 0.0, "no_clahe": 0.01}), ext)
+    ax = fig.axes[0]
+    xs = {line.get_label(): line.get_xdata()[0] for line in ax.lines if line.get_label() != "_nolegend_"}
+    assert xs["PBC test split"] == pytest.approx(1.0)
+    assert xs["tecom (line: seed range)"] == pytest.approx(100 * (0.2 - 0.55))
