@@ -275,6 +275,32 @@ def load_ablation(results_dir="results/ablation"):
     return pd.DataFrame(rows), grid
 
 
+def welch_interval(diff: float, values_a, values_b, extra_var: float = 0.0,
+                   confidence: float = 0.95) -> tuple[float, float]:
+    """Interval for a difference of two seed means: Welch's t over the seeds, plus a variance known otherwise.
+
+    ``values_a``, ``values_b`` are the per-seed values of the two sides; their spread is *estimated* from a few
+    seeds, so the quantile is Student's t with Welch–Satterthwaite degrees of freedom of the seed part (with 2
+    seeds a side that is 2 or fewer: t is 4.3 or more at 95 % instead of 1.96). ``extra_var`` is variance that
+    does not come from the seeds (e.g. the test-set sampling of the difference); it widens the interval but is
+    left out of the degrees of freedom, so more uncertainty never narrows it. ``(nan, nan)`` when a side has
+    fewer than 2 seeds: its seed noise cannot be estimated.
+    """
+    from scipy.stats import t as student_t
+
+    a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    total = va + vb + float(extra_var)
+    if total == 0:
+        return float(diff), float(diff)
+    denom = va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)
+    dof = (va + vb) ** 2 / denom if denom > 0 else np.inf
+    q = float(student_t.ppf((1 + confidence) / 2, dof))
+    return float(diff - q * np.sqrt(total)), float(diff + q * np.sqrt(total))
+
+
 def summarize(runs, reference: str = "full", n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95):
     """Per variant: mean, min and max test accuracy over seeds, and the difference to ``reference``.
 
@@ -290,11 +316,16 @@ def summarize(runs, reference: str = "full", n_resamples: int = 2000, seed: int 
     ``significant`` uses the second interval: a variant "measurably" differs only when the
     difference is larger than both the test-set noise and the seed-to-seed noise.
 
+    With two or three seeds a side the bootstrap over seeds is too narrow: a resampled mean never leaves
+    the range of the seeds seen. ``t_lo, t_hi`` (:func:`welch_interval`: Welch's t over the seeds plus the
+    test-only variance) allow for the seed spread being *estimated* from so few values; ``t_significant``
+    uses them. They are ``nan`` for the reference row and for a side with a single seed.
+
     Returns
     -------
     DataFrame
         Indexed by variant (in :data:`VARIANTS` order): ``removes, n_seeds, mean, min, max, macro_f1,
-        diff, diff_lo, diff_hi, test_lo, test_hi, significant``.
+        diff, diff_lo, diff_hi, test_lo, test_hi, significant, t_lo, t_hi, t_significant``.
     """
     import pandas as pd
 
@@ -326,11 +357,15 @@ def summarize(runs, reference: str = "full", n_resamples: int = 2000, seed: int 
         q = [50 * (1 - confidence), 50 * (1 + confidence)]
         lo, hi = np.percentile(both, q)
         tlo, thi = np.percentile(test_only, q)
-        diff = part["accuracy"].mean() - runs.loc[runs["variant"] == reference, "accuracy"].mean()
+        ref_acc = runs.loc[runs["variant"] == reference, "accuracy"]
+        diff = part["accuracy"].mean() - ref_acc.mean()
+        t_lo, t_hi = ((np.nan, np.nan) if v == reference else
+                      welch_interval(diff, part["accuracy"], ref_acc, test_only.var(ddof=1), confidence))
         out.append({"variant": v, "removes": part["removes"].iloc[0], "n_seeds": len(part),
                     "mean": part["accuracy"].mean(), "min": part["accuracy"].min(), "max": part["accuracy"].max(),
                     "macro_f1": part["macro_f1"].mean(), "diff": diff, "diff_lo": lo, "diff_hi": hi,
-                    "test_lo": tlo, "test_hi": thi, "significant": bool(v != reference and (lo > 0 or hi < 0))})
+                    "test_lo": tlo, "test_hi": thi, "significant": bool(v != reference and (lo > 0 or hi < 0)),
+                    "t_lo": t_lo, "t_hi": t_hi, "t_significant": bool(t_lo > 0 or t_hi < 0)})
     return pd.DataFrame(out).set_index("variant")
 
 
@@ -344,7 +379,7 @@ def per_class_f1(runs, reference: str = "full"):
     return f1 - f1.loc[reference]
 
 
-def external_summary(runs, measure: str = "accuracy", reference: str = "full"):
+def external_summary(runs, measure: str = "accuracy", reference: str = "full", confidence: float = 0.95):
     """Per variant and external set (records made with ``--external``): ``measure`` over seeds and its change.
 
     Parameters
@@ -352,17 +387,29 @@ def external_summary(runs, measure: str = "accuracy", reference: str = "full"):
     measure
         ``"accuracy"`` or ``"balanced_accuracy"`` (over the classes the set has).
 
+    confidence
+        Level of ``diff_lo, diff_hi``: :func:`welch_interval` over the seeds, plus each side's test-set
+        variance read from the records' bootstrap intervals (``<measure>_ci``) as if the two sides were
+        independent. They are not (same images), so the interval is conservative.
+
     Returns
     -------
     DataFrame
         Indexed by (variant, set): ``n_seeds, mean, min, max, diff`` (mean minus the ``reference`` variant's mean
-        on the same set); runs without external results are left out.
+        on the same set), ``diff_lo, diff_hi, significant``; runs without external results are left out.
     """
     import pandas as pd
+    from scipy.stats import norm
 
     if measure not in ("accuracy", "balanced_accuracy"):
         raise ValueError(f"measure must be 'accuracy' or 'balanced_accuracy', got {measure!r}")
-    rows = [{"variant": r.variant, "seed": r.seed, "set": name, "value": ext[measure]}
+    z = norm.ppf(0.975)  # the records' intervals are 95 %
+
+    def test_var(ext):
+        lo, hi = ext.get(f"{measure}_ci") or (np.nan, np.nan)
+        return ((hi - lo) / (2 * z)) ** 2
+
+    rows = [{"variant": r.variant, "seed": r.seed, "set": name, "value": ext[measure], "test_var": test_var(ext)}
             for r in runs.itertuples() if isinstance(getattr(r, "external", None), dict)
             for name, ext in r.external.items()]
     if not rows:
@@ -372,6 +419,17 @@ def external_summary(runs, measure: str = "accuracy", reference: str = "full"):
     if reference in out.index.get_level_values(0):
         ref = out.loc[reference, "mean"]
         out["diff"] = [m - ref.get(s, np.nan) for (_, s), m in zip(out.index, out["mean"])]
+        bounds = []
+        for v, s in out.index:
+            side, base = df[(df["variant"] == v) & (df["set"] == s)], df[(df["variant"] == reference) & (df["set"] == s)]
+            if v == reference or base.empty:
+                bounds.append((np.nan, np.nan))
+                continue
+            extra = side["test_var"].mean() / len(side) + base["test_var"].mean() / len(base)
+            bounds.append(welch_interval(out.loc[(v, s), "diff"], side["value"], base["value"],
+                                         extra if np.isfinite(extra) else 0.0, confidence))
+        out["diff_lo"], out["diff_hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
+        out["significant"] = (out["diff_lo"] > 0) | (out["diff_hi"] < 0)
     order = [v for v in [*VARIANTS, *RECIPES] if v in out.index.get_level_values(0)]
     order += sorted(set(out.index.get_level_values(0)) - set(order))
     return out.reindex(order, level=0)
@@ -404,4 +462,4 @@ def _per_class(runs, metric: str):
 
 __all__ = ["VARIANTS", "RECIPES", "BASES", "base_config", "variant_config", "run_ablation", "run_record",
            "external_record", "EXTERNAL_FIELDS", "load_ablation",
-           "summarize", "per_class_f1", "per_class_recall", "per_class_precision", "external_summary", "HISTORY_FIELDS"]
+           "summarize", "per_class_f1", "per_class_recall", "per_class_precision", "external_summary", "welch_interval", "HISTORY_FIELDS"]

@@ -287,26 +287,31 @@ def plot_selective(predictions: Mapping[str, tuple], target: float = 0.995, thre
     return fig
 
 
-def plot_ablation(summary: pd.DataFrame, title: str | None = None) -> Figure:
-    """Difference to the full pipeline per variant with its two 95 % intervals (see :func:`bcc_utils.ablation.summarize`).
+def plot_ablation(summary: pd.DataFrame, title: str | None = None, seeds: str = "bootstrap") -> Figure:
+    """Difference to the full pipeline per variant with its two intervals (see :func:`bcc_utils.ablation.summarize`).
 
-    Thin line: the test-image interval; thick line: test images and seeds. Grey: the thick interval
-    contains 0 (no measurable effect at this budget); red: removing the component measurably hurts;
-    green: removing it measurably helps.
+    Thin line: the test-image interval; thick line: test images and seeds, from the two-level bootstrap
+    (``seeds="bootstrap"``: ``diff_lo, diff_hi``) or Welch's t over the seeds (``seeds="t"``: ``t_lo, t_hi``).
+    Grey: the thick interval contains 0 (no measurable effect at this budget); red: removing the component
+    measurably hurts; green: removing it measurably helps.
     """
+    if seeds not in ("bootstrap", "t"):
+        raise ValueError(f"seeds must be 'bootstrap' or 't', got {seeds!r}")
+    lo_col, hi_col, sig_col = ("diff_lo", "diff_hi", "significant") if seeds == "bootstrap" else ("t_lo", "t_hi",
+                                                                                                  "t_significant")
     s = summary.drop(index="full", errors="ignore").iloc[::-1]
     fig = Figure(figsize=(7.5, 0.42 * len(s) + 1.4), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(s))
     for yi, (_, r) in zip(y, s.iterrows()):
-        c = "tab:red" if r["significant"] and r["diff"] < 0 else "tab:green" if r["significant"] else "tab:gray"
-        ax.plot([100 * r["diff_lo"], 100 * r["diff_hi"]], [yi, yi], color=c, lw=5, alpha=0.35, solid_capstyle="butt")
+        c = "tab:red" if r[sig_col] and r["diff"] < 0 else "tab:green" if r[sig_col] else "tab:gray"
+        ax.plot([100 * r[lo_col], 100 * r[hi_col]], [yi, yi], color=c, lw=5, alpha=0.35, solid_capstyle="butt")
         ax.plot([100 * r["test_lo"], 100 * r["test_hi"]], [yi, yi], color=c, lw=1.5)
         ax.plot(100 * r["diff"], yi, "o", color=c)
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(y, [f"{v.replace('_', ' ')} (n={n})" for v, n in zip(s.index, s["n_seeds"])])
-    ax.set_xlabel("test accuracy minus full pipeline, percentage points\n"
-                  "thin: 95 % interval over test images; thick: over test images and seeds")
+    ax.set_xlabel("test accuracy minus full pipeline, percentage points\nthin: interval over test images; thick: "
+                  + ("over test images and seeds" if seeds == "bootstrap" else "Welch t over seeds, plus test images"))
     ax.set_title(title or "What removing each component does")
     ax.grid(axis="x", alpha=0.3)
     return fig

@@ -247,16 +247,28 @@ def test_external_summary_is_the_mean_over_seeds_and_its_change_from_full():
 
     def rec(variant, seed, tecom, cv):
         return {"variant": variant, "seed": seed, "external": {
-            "tecom": {"accuracy": tecom, "balanced_accuracy": tecom / 2},
-            "cv": {"accuracy": cv, "balanced_accuracy": cv / 2}}}
+            "tecom": {"accuracy": tecom, "balanced_accuracy": tecom / 2, "accuracy_ci": [tecom - 0.05, tecom + 0.05]},
+            "cv": {"accuracy": cv, "balanced_accuracy": cv / 2, "accuracy_ci": [cv - 0.1, cv + 0.1]}}}
 
-    runs = pd.DataFrame([rec("full", 0, 0.5, 0.4), rec("full", 1, 0.7, 0.4), rec("no_clahe", 0, 0.2, 0.5),
-                         {"variant": "no_clahe", "seed": 1, "external": np.nan}])  # a run measured before --external
+    runs = pd.DataFrame([rec("full", 0, 0.58, 0.4), rec("full", 1, 0.6, 0.4), rec("full", 2, 0.62, 0.4),
+                         rec("no_clahe", 0, 0.2, 0.5), rec("no_mixup", 0, 0.14, 0.4), rec("no_mixup", 1, 0.15, 0.4),
+                         rec("no_mixup", 2, 0.16, 0.4),
+                         {"variant": "no_clahe", "seed": 1, "external": np.nan}])  # measured before --external
     t = external_summary(runs)
-    assert list(t.index) == [("full", "cv"), ("full", "tecom"), ("no_clahe", "cv"), ("no_clahe", "tecom")]
-    assert t.loc[("full", "tecom"), "mean"] == pytest.approx(0.6) and t.loc[("full", "tecom"), "n_seeds"] == 2
+    assert list(t.index) == [("full", "cv"), ("full", "tecom"), ("no_clahe", "cv"), ("no_clahe", "tecom"),
+                             ("no_mixup", "cv"), ("no_mixup", "tecom")]
+    assert t.loc[("full", "tecom"), "mean"] == pytest.approx(0.6) and t.loc[("full", "tecom"), "n_seeds"] == 3
     assert t.loc[("no_clahe", "tecom"), "diff"] == pytest.approx(-0.4) and t.loc[("no_clahe", "cv"), "n_seeds"] == 1
-    assert external_summary(runs, "balanced_accuracy").loc[("full", "tecom"), "max"] == pytest.approx(0.35)
+    assert external_summary(runs, "balanced_accuracy").loc[("full", "tecom"), "max"] == pytest.approx(0.31)
+    # an interval needs two seeds a side; no_mixup's tecom drop (0.6 -> 0.15) is clear of 0, its cv change is 0
+    assert np.isnan(t.loc[("no_clahe", "tecom"), "diff_lo"]) and not t.loc[("no_clahe", "tecom"), "significant"]
+    lo, hi = t.loc[("no_mixup", "tecom"), ["diff_lo", "diff_hi"]]
+    assert lo < -0.45 < hi < 0 and t.loc[("no_mixup", "tecom"), "significant"]
+    assert t.loc[("no_mixup", "cv"), "diff"] == 0 and not t.loc[("no_mixup", "cv"), "significant"]
+    # the records' test-set intervals widen it: the same seeds with no test noise give a narrower interval
+    bare = external_summary(runs.assign(external=[{k: {**e, "accuracy_ci": [e["accuracy"]] * 2} for k, e in x.items()}
+                                                  if isinstance(x, dict) else x for x in runs["external"]]))
+    assert bare.loc[("no_mixup", "tecom"), "diff_hi"] - bare.loc[("no_mixup", "tecom"), "diff_lo"] < hi - lo
     with pytest.raises(ValueError, match="measure"):
         external_summary(runs, "f1")
     with pytest.raises(ValueError, match="external set"):
@@ -291,3 +303,41 @@ def test_grid_figures_draw_what_the_records_hold():
     xs = {line.get_label(): line.get_xdata()[0] for line in ax.lines if line.get_label() != "_nolegend_"}
     assert xs["PBC test split"] == pytest.approx(1.0)
     assert xs["tecom (line: seed range)"] == pytest.approx(100 * (0.2 - 0.55))
+
+
+def test_welch_interval_is_scipys_welch_t_interval_and_widens_with_other_variance():
+    from scipy.stats import ttest_ind
+
+    from bcc_utils.ablation import welch_interval
+
+    a, b = np.array([0.971, 0.975, 0.969]), np.array([0.962, 0.972])
+    lo, hi = welch_interval(a.mean() - b.mean(), a, b)
+    ci = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (lo, hi) == pytest.approx((ci.low, ci.high))
+    wider = welch_interval(a.mean() - b.mean(), a, b, extra_var=1e-5)
+    assert wider[0] < lo and wider[1] > hi
+    assert np.isnan(welch_interval(0.01, a[:1], b)).all()  # one seed: its noise cannot be estimated
+    # the bootstrap over two or three seeds is narrower than the t interval on the same runs
+    rng = np.random.default_rng(0)
+    full = [rng.uniform(size=3000) < p for p in (0.95, 0.96)]
+    var = [rng.uniform(size=3000) < p for p in (0.955, 0.97)]
+    runs = pd.DataFrame([_record("full", s, full[s]) for s in (0, 1)] + [_record("no_mixup", s, var[s]) for s in (0, 1)])
+    t = summarize(runs, n_resamples=500)
+    assert t.loc["no_mixup", "t_hi"] - t.loc["no_mixup", "t_lo"] > t.loc["no_mixup", "diff_hi"] - t.loc["no_mixup", "diff_lo"]
+    assert np.isnan(t.loc["full", "t_lo"]) and not t.loc["full", "t_significant"]
+
+
+def test_ablation_plot_draws_the_chosen_seed_interval():
+    from bcc_utils.viz import plot_ablation
+
+    rng = np.random.default_rng(3)
+    full = [rng.uniform(size=2000) < p for p in (0.95, 0.955, 0.96)]
+    worse = [rng.uniform(size=2000) < p for p in (0.90, 0.91, 0.905)]
+    t = summarize(pd.DataFrame([_record("full", s, full[s]) for s in range(3)]
+                               + [_record("no_cutout", s, worse[s]) for s in range(3)]), n_resamples=300)
+    for seeds, cols in (("bootstrap", ["diff_lo", "diff_hi"]), ("t", ["t_lo", "t_hi"])):
+        thick = plot_ablation(t, seeds=seeds).axes[0].lines[0]
+        assert list(thick.get_xdata()) == pytest.approx(list(100 * t.loc["no_cutout", cols]))
+        assert thick.get_color() == "tab:red"  # removing it measurably costs accuracy, by either interval
+    with pytest.raises(ValueError, match="seeds"):
+        plot_ablation(t, seeds="normal")
