@@ -150,11 +150,17 @@ def build_component(name: str, params: AugmentParams | None = None, always: bool
     return made
 
 
+def check_names(names: Iterable[str], valid: Iterable[str], what: str = "augmentation component") -> None:
+    """Raise ``ValueError`` listing the ``valid`` names if any of ``names`` is not one of them."""
+    valid = tuple(valid)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"Unknown {what}(s) {unknown}; valid names: {', '.join(valid)}.")
+
+
 def check_component_names(names: Iterable[str]) -> None:
     """Raise ``ValueError`` listing the valid names if any of ``names`` is not in :data:`COMPONENTS`."""
-    unknown = [n for n in names if n not in COMPONENTS]
-    if unknown:
-        raise ValueError(f"Unknown augmentation component(s) {unknown}; valid names: {', '.join(COMPONENTS)}.")
+    check_names(names, COMPONENTS)
 
 
 def build_train_transform(

@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bcc_utils.augment import check_names
 from bcc_utils.batch_augment import _on, _u, check_uint8_batch, hue_saturation
 from bcc_utils.preprocess import HED_FROM_RGB, RGB_FROM_HED
 
@@ -65,9 +66,7 @@ class RobustParams:
 
 def check_component_names(names) -> None:
     """Raise ``ValueError`` listing the valid names if any of ``names`` is not in :data:`COMPONENTS`."""
-    unknown = [n for n in names if n not in COMPONENTS]
-    if unknown:
-        raise ValueError(f"Unknown robust augmentation component(s) {unknown}; valid names: {', '.join(COMPONENTS)}.")
+    check_names(names, COMPONENTS, "robust augmentation component")
 
 
 def _zoom(x, p: RobustParams, g):

@@ -82,3 +82,28 @@ def setup_colab():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def first_readable_cells(root: Path, classes, size: int = 96):
+    """The first decodable image of each class, preprocessed to ``size`` px: a uint8 NCHW torch batch.
+
+    The sample keeps the archive's unreadable files, so a class's first file may not decode.
+    """
+    import numpy as np
+    import torch
+
+    from bcc_utils.data import read_image
+    from bcc_utils.data.scan import ImageReadError
+    from bcc_utils.preprocess import preprocess_image
+
+    images = []
+    for c in classes:
+        for f in sorted((root / c).glob("*.jpg")):
+            try:
+                images.append(preprocess_image(read_image(f), size))
+                break
+            except ImageReadError:
+                continue
+        else:
+            raise FileNotFoundError(f"no readable image of class {c} in {root}")
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)

@@ -9,15 +9,12 @@ import torch
 
 from bcc_utils.augment import COMPONENTS, AugmentParams
 from bcc_utils.batch_augment import augment_batch
+from conftest import first_readable_cells
 
 
 @pytest.fixture(scope="module")
 def cells(sample_root):
-    from bcc_utils.data import read_image
-    from bcc_utils.preprocess import preprocess_image
-
-    files = [sorted((sample_root / c).glob("*.jpg"))[0] for c in ("basophil", "eosinophil", "lymphocyte", "platelet")]
-    return torch.from_numpy(np.stack([preprocess_image(read_image(f), 96) for f in files])).permute(0, 3, 1, 2)
+    return first_readable_cells(sample_root, ("basophil", "eosinophil", "lymphocyte", "platelet"))
 
 
 def only(name):

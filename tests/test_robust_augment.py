@@ -11,24 +11,12 @@ import torch
 
 from bcc_utils.config import config_for
 from bcc_utils.robust_augment import COMPONENTS, RobustParams, robust_batch
+from conftest import first_readable_cells
 
 
 @pytest.fixture(scope="module")
 def cells(sample_root):
-    from bcc_utils.data import read_image
-    from bcc_utils.preprocess import preprocess_image
-
-    from bcc_utils.data.scan import ImageReadError
-
-    images = []
-    for c in ("basophil", "eosinophil", "lymphocyte", "neutrophil"):
-        for f in sorted((sample_root / c).glob("*.jpg")):  # the sample keeps the archive's unreadable files
-            try:
-                images.append(preprocess_image(read_image(f), 96))
-                break
-            except ImageReadError:
-                continue
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    return first_readable_cells(sample_root, ("basophil", "eosinophil", "lymphocyte", "neutrophil"))
 
 
 def only(name, **kw):
