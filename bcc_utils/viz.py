@@ -393,7 +393,7 @@ def plot_shift_ablation(pbc_diff: pd.Series, external: pd.DataFrame, reference: 
     """
     variants = [v for v in pbc_diff.index if v != reference][::-1]
     sets = list(dict.fromkeys(external.index.get_level_values("set")))
-    fig = Figure(figsize=(7.5, 0.5 * len(variants) + 1.6), layout="constrained")
+    fig = Figure(figsize=(7.5, 0.5 * len(variants) + 2.0), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(variants))
     step = 0.22
@@ -408,6 +408,6 @@ def plot_shift_ablation(pbc_diff: pd.Series, external: pd.DataFrame, reference: 
     ax.set_yticks(y, [v.replace("_", " ") for v in variants])
     ax.set_xlabel("accuracy minus the full pipeline's, percentage points")
     ax.set_title("Removing one component: PBC's own test split vs other labs' cells")
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return fig
