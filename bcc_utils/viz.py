@@ -327,12 +327,12 @@ def plot_grid_curves(runs: pd.DataFrame, reference: str = "full") -> Figure:
     """
     fig = Figure(figsize=(11, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2)
-    for r in runs[runs["variant"] == reference].itertuples():
+    for i, r in enumerate(runs[runs["variant"] == reference].itertuples()):
         h = pd.DataFrame(r.history)
         left.plot(h["epoch"], 100 * h["train_acc"], "o-", color="tab:orange", ms=3, alpha=0.8,
-                  label="train (augmented, mixup)" if r.seed == runs["seed"].min() else None)
+                  label=None if i else "train (augmented, mixup)")
         left.plot(h["epoch"], 100 * h["val_acc"], "s-", color="tab:blue", ms=3, alpha=0.8,
-                  label="validation (clean)" if r.seed == runs["seed"].min() else None)
+                  label=None if i else "validation (clean)")
     left.set(title=f"{reference}: one line per seed", xlabel="epoch", ylabel="accuracy (%)")
     left.legend(fontsize=8, loc="lower right")
     curves = {v: pd.concat([pd.DataFrame(h) for h in part["history"]]).groupby("epoch")["val_acc"].mean()
