@@ -7,6 +7,7 @@ By default the tests use ``tests/fixtures/pbc-sample``, 252 real images of the P
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import pytest
 
 #: The committed sample of the PBC archive, used when ``BCC_DATA_DIR`` is not set.
 FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "pbc-sample"
+
+#: Temporary folders this session made for ``BCC_RUNS_DIR``/``BCC_CACHE_DIR``; removed when it ends.
+_SESSION_TMP: list[str] = []
 
 
 def pytest_addoption(parser, pluginmanager):
@@ -37,10 +41,16 @@ def pytest_configure(config):
     else:
         os.environ["BCC_DATA_DIR"] = str(FIXTURE_DATA)
     os.environ.setdefault("BCC_SMOKE", "1")
-    if "BCC_RUNS_DIR" not in os.environ:
-        os.environ["BCC_RUNS_DIR"] = tempfile.mkdtemp(prefix="bcc-test-runs-")
-    if "BCC_CACHE_DIR" not in os.environ:
-        os.environ["BCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="bcc-test-cache-")
+    for name, prefix in (("BCC_RUNS_DIR", "bcc-test-runs-"), ("BCC_CACHE_DIR", "bcc-test-cache-")):
+        if name not in os.environ:
+            os.environ[name] = tempfile.mkdtemp(prefix=prefix)
+            _SESSION_TMP.append(os.environ[name])
+
+
+def pytest_unconfigure(config):
+    """Remove the temporary runs and cache folders made in :func:`pytest_configure` (not a user's own)."""
+    for path in _SESSION_TMP:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
