@@ -160,7 +160,7 @@ def _mean_or_none(values: np.ndarray) -> float | None:
 
 def evaluate_external(checkpoint, folder, class_map=None, *, device: str = "cpu", temperature: float | None = None,
                       batch_size: int | None = None, n_resamples: int | None = None, seed: int | None = None,
-                      top_confusions: int = 5, progress: bool = False):
+                      top_confusions: int = 5, progress: bool = False, transform=None):
     """Classify every image of an external set and measure the run on it.
 
     Parameters
@@ -177,6 +177,9 @@ def evaluate_external(checkpoint, folder, class_map=None, *, device: str = "cpu"
         Default to the run's ``eval_batch_size``, ``bootstrap_resamples`` and ``seed``.
     top_confusions
         How many of the largest off-diagonal confusion counts to list.
+    transform
+        ``None``, or a function of one RGB ``uint8`` image returning another, applied to every image as read,
+        before the run's preprocessing: a test-time normalisation (e.g. :func:`bcc_utils.shift.white_balance`).
 
     Returns
     -------
@@ -224,7 +227,9 @@ def evaluate_external(checkpoint, folder, class_map=None, *, device: str = "cpu"
         batch = []
         for f, c, d in items[a:a + batch_size]:
             try:
-                batch.append(preprocess_image(read_image(f), cfg.img_size, cfg.clahe_settings()))
+                rgb = read_image(f)
+                batch.append(preprocess_image(transform(rgb) if transform else rgb, cfg.img_size,
+                                              cfg.clahe_settings()))
             except ValueError as exc:  # not an image: skipped and reported, as predict does in folders
                 warnings.warn(f"skipping {exc}", stacklevel=2)
                 skipped.append({"path": f.relative_to(root).as_posix(), "reason": str(exc)})
@@ -250,6 +255,7 @@ def evaluate_external(checkpoint, folder, class_map=None, *, device: str = "cpu"
     report = {
         "checkpoint": name, "best_epoch": int(ckpt.get("epoch", 0)), "model": cfg.model, "img_size": cfg.img_size,
         "clahe": bool(cfg.clahe), "tta": cfg.tta, "temperature": float(temperature),
+        "transform": getattr(transform, "__name__", type(transform).__name__) if transform else None,
         "folder": str(root), "folders": {c: [d.name for d in dirs] for c, dirs in folders.items()},
         "classes": classes, "present": [classes[i] for i in present],
         "n": int(len(y)), "n_per_class": {classes[i]: int(counts[i].sum()) for i in present},
@@ -276,6 +282,45 @@ def evaluate_external(checkpoint, folder, class_map=None, *, device: str = "cpu"
     for i, c in enumerate(classes):
         df[f"prob_{c}"] = prob[:, i].round(6)
     return report, df
+
+
+#: The shift of :func:`shifted_copy`'s stand-in set: a yellow cast (towards +b*, as the first wbc-external
+#: set's background) and a tighter crop (its cells fill more of the frame), at the corruption benchmark's levels.
+STAND_IN_SHIFT: tuple[tuple[str, int, float | None], ...] = (("color", 5, 90.0), ("zoom", 3, None))
+
+
+def shifted_copy(items, out, shift=STAND_IN_SHIFT, seed: int = 0) -> Path:
+    """Write a stand-in for another lab's set: PBC images with a known shift, as ``out/<class>/<name>.png``.
+
+    For checks where no external set is at hand (CI): the result has the layout :func:`evaluate_external`
+    reads, and its shift is known, unlike a real lab's. It is not another lab's data and says nothing
+    about one.
+
+    Parameters
+    ----------
+    items
+        ``(image path, class)`` pairs (more fields are ignored), e.g. from :func:`bcc_utils.shift.pbc_items`.
+    out
+        New or empty folder to write into; an existing file is never overwritten.
+    shift
+        ``(kind, severity, direction)`` steps of :func:`bcc_utils.corruptions.corrupt`, applied in order.
+    """
+    import cv2
+
+    from bcc_utils.corruptions import corrupt
+    from bcc_utils.data.scan import read_image
+
+    out = Path(out)
+    for i, (path, label, *_) in enumerate(items):
+        rgb = read_image(path)
+        for kind, severity, direction in shift:
+            rgb = corrupt(rgb, kind, severity, seed=seed, key=i, direction=direction)
+        target = out / label / f"{Path(path).stem}.png"
+        if target.exists():
+            raise FileExistsError(f"{target} exists; shifted_copy writes only into a new or empty folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return out
 
 
 def format_report(report: dict) -> str:
@@ -309,4 +354,5 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["IMAGES_DIR", "load_class_map", "resolve_class_folders", "evaluate_external", "format_report"]
+__all__ = ["IMAGES_DIR", "STAND_IN_SHIFT", "load_class_map", "resolve_class_folders", "evaluate_external",
+           "shifted_copy", "format_report"]

@@ -161,6 +161,33 @@ def background_region(rgb: np.ndarray, cell: np.ndarray, quantile: float = BACKG
     return outside & (light >= np.quantile(light[outside], quantile))
 
 
+def background_colour(rgb: np.ndarray) -> np.ndarray:
+    """Mean RGB (float, 0–255) of the background (:func:`background_region` around :func:`stained_region`).
+
+    ``NaN`` three times when the cell fills the frame and no background is left to measure.
+    """
+    bg = background_region(rgb, stained_region(rgb))
+    if not bg.any():
+        return np.full(3, np.nan)
+    return _check_rgb(rgb)[bg].astype(np.float64).mean(0)
+
+
+def white_balance(rgb: np.ndarray, target) -> np.ndarray:
+    """Scale each RGB channel so that the image's background colour becomes ``target`` (RGB, 0–255).
+
+    A test-time normalisation that needs no label: the glass and plasma around a cell should look the same
+    under every microscope, so a gain per channel that makes them match the training lab's removes the
+    illuminant's and camera's share of the colour shift (a von Kries adaptation). It cannot undo a
+    different stain. An image without background (see :func:`background_colour`) is returned unchanged.
+    """
+    rgb = _check_rgb(rgb)
+    bg = background_colour(rgb)
+    if not np.isfinite(bg).all() or (bg <= 0).any():
+        return rgb.copy()
+    gain = np.asarray(target, dtype=np.float64) / bg
+    return np.clip(rgb.astype(np.float64) * gain + 0.5, 0, 255).astype(np.uint8)
+
+
 # -------------------------------------------------------------------------------------- sharpness
 def laplacian_variance(rgb: np.ndarray, size: int | None = None) -> float:
     """Variance of the Laplacian of the grey image (0–255 scale): high for sharp edges, low for blur.
@@ -312,9 +339,19 @@ def measure_dataset(items, name: str = "", input_size: int = DEFAULT_INPUT_SIZE,
 
 def measure_external(folder, class_map=None, input_size: int = DEFAULT_INPUT_SIZE, name: str | None = None,
                      progress: bool = False):
-    """:func:`measure_dataset` of an external set (masks used where present); ``name`` defaults to the folder's."""
+    """:func:`measure_dataset` of an external set (masks used where present); ``name`` defaults to the folder's.
+
+    ``path`` is relative to the set's class folders, as in the predictions of
+    :func:`bcc_utils.external.evaluate_external`, so the two tables merge on it.
+    """
+    from bcc_utils.external import resolve_class_folders
+
     name = name or Path(folder).name
-    return measure_dataset(external_items(folder, class_map), name, input_size, progress=progress)
+    root = resolve_class_folders(folder, class_map)[0]
+    df = measure_dataset(external_items(folder, class_map), name, input_size, progress=progress)
+    if len(df):
+        df["path"] = [Path(p).relative_to(root).as_posix() for p in df["path"]]
+    return df
 
 
 def measure_pbc(data_dir=None, manifest=None, split: str | None = "test", input_size: int = DEFAULT_INPUT_SIZE,
@@ -359,6 +396,61 @@ def compare_datasets(frames, measures=MEASURES, by: str | None = None):
     return out.sort_index(key=lambda idx: idx.map(order) if idx.name == "measure" else idx, kind="stable")
 
 
+def explain_confusions(external, reference, measures=("stained_fraction", "bg_b", "stain_a", "stain_b", "H_mean",
+                                                    "E_mean", "sharpness_input"), top: int = 5, min_n: int = 3):
+    """Which measure makes the most common confusions look like the class the model chose.
+
+    For each frequent confusion *true → predicted* of an external set, each measure's median over those
+    images is placed on the reference (training) data's scale: ``position`` is 0 at the reference median
+    of the true class and 1 at that of the predicted class (0.5: halfway). A position near or beyond 1
+    says that, on this measure, the confused cells look like the predicted class in the training data —
+    a candidate reason, not a proof (measures correlate, and the model may use none of them).
+
+    Parameters
+    ----------
+    external
+        Rows of :func:`measure_external` with a ``pred`` column (merged from the predictions on ``path``).
+    reference
+        Rows of :func:`measure_pbc` (e.g. the training lab's test split), with ``label``.
+    measures
+        Columns to place (those missing are left out).
+    top, min_n
+        The ``top`` most frequent confusions with at least ``min_n`` images.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (confusion, measure): ``true``, ``pred``, ``n``, ``measure``, ``confused`` (median of the
+        confused images), ``ref_true`` and ``ref_pred`` (reference medians), ``position``; sorted by
+        confusion frequency, then by ``position`` (largest first).
+    """
+    import pandas as pd
+
+    for col in ("label", "pred"):
+        if col not in external.columns:
+            raise ValueError(f"explain_confusions needs a {col!r} column in the external rows")
+    measures = [m for m in measures if m in external.columns and m in reference.columns]
+    wrong = external[external["label"] != external["pred"]]
+    pairs = wrong.groupby(["label", "pred"]).size().sort_values(ascending=False, kind="stable")
+    pairs = pairs[pairs >= min_n].head(top)
+    ref = reference.groupby("label")[measures].median()
+    rows = []
+    for (t, p), n in pairs.items():
+        if t not in ref.index or p not in ref.index:
+            continue
+        confused = wrong[(wrong["label"] == t) & (wrong["pred"] == p)][measures].median()
+        for m in measures:
+            span = ref.loc[p, m] - ref.loc[t, m]
+            pos = (confused[m] - ref.loc[t, m]) / span if span else float("nan")
+            rows.append({"true": t, "pred": p, "n": int(n), "measure": m, "confused": float(confused[m]),
+                         "ref_true": float(ref.loc[t, m]), "ref_pred": float(ref.loc[p, m]), "position": float(pos)})
+    out = pd.DataFrame(rows, columns=["true", "pred", "n", "measure", "confused", "ref_true", "ref_pred", "position"])
+    if len(out):
+        out["_order"] = out.groupby(["true", "pred"], sort=False).ngroup()
+        out = out.sort_values(["_order", "position"], ascending=[True, False], kind="stable").drop(columns="_order")
+    return out.reset_index(drop=True)
+
+
 def estimator_error(df, target: str = "mask_nucleus_fraction", by: str | None = None):
     """How far :func:`stained_region`'s area lies from a mask's, as fractions of the frame.
 
@@ -396,6 +488,7 @@ def estimator_error(df, target: str = "mask_nucleus_fraction", by: str | None = 
 
 
 __all__ = ["RGB_FROM_HED", "HED_FROM_RGB", "DEFAULT_INPUT_SIZE", "BACKGROUND_QUANTILE", "MEASURES", "rgb_to_lab",
-           "rgb_to_hed", "stained_region", "read_mask", "background_region", "laplacian_variance", "measure_image",
+           "rgb_to_hed", "stained_region", "read_mask", "background_region", "background_colour", "white_balance",
+           "laplacian_variance", "measure_image", "explain_confusions",
            "external_items", "pbc_items", "measure_dataset", "measure_external", "measure_pbc", "compare_datasets",
            "estimator_error"]

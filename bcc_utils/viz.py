@@ -257,12 +257,14 @@ def plot_reliability(predictions: Mapping[str, tuple], n_bins: int = 15, title: 
     return fig
 
 
-def plot_selective(predictions: Mapping[str, tuple], target: float = 0.995, threshold: float | None = None) -> Figure:
+def plot_selective(predictions: Mapping[str, tuple], target: float = 0.995, threshold: float | None = None,
+                   xlim: tuple[float, float] = (0.5, 1.0)) -> Figure:
     """Accuracy on the kept predictions against coverage, one line per ``{label: (prob, y)}``.
 
     The dotted line is ``target``. The marker on each line is where ``threshold`` (a confidence
     threshold chosen beforehand, e.g. on the validation split) lands; without one, each line's own
-    best threshold for ``target`` (:func:`bcc_utils.calibration.threshold_for_accuracy`).
+    best threshold for ``target`` (:func:`bcc_utils.calibration.threshold_for_accuracy`). ``xlim``: the
+    coverage shown (``(0, 1)`` for a model that must refer most cells, e.g. on another lab's images).
     """
     from bcc_utils.calibration import at_threshold, selective_curve, threshold_for_accuracy
 
@@ -281,7 +283,7 @@ def plot_selective(predictions: Mapping[str, tuple], target: float = 0.995, thre
                         arrowprops={"arrowstyle": "-", "color": "0.6"})
     ax.axhline(target, ls=":", color="0.3", lw=1)
     ax.set(xlabel="coverage (share of cells the model decides)", ylabel="accuracy on the decided cells",
-           title="Refer when unsure: accuracy against coverage", xlim=(0.5, 1.0))
+           title="Refer when unsure: accuracy against coverage", xlim=xlim)
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     return fig

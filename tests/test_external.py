@@ -169,6 +169,44 @@ def test_external_preprocessing_matches_predict(checkpoint, sample_root, tmp_pat
             assert t["prob"] == pytest.approx(row[f"prob_{t['class']}"], abs=1e-5)
 
 
+def test_stand_in_set_has_the_layout_and_the_shift(sample_root, tmp_path):
+    """``shifted_copy``: class folders ``evaluate_external`` reads, a yellower background, and no overwriting."""
+    from bcc_utils.external import shifted_copy
+    from bcc_utils.shift import measure_dataset, measure_external
+
+    items = [(f, c) for c in ("lymphocyte", "neutrophil")
+             for f in sorted(p for p in (sample_root / c).iterdir() if not p.name.startswith("."))[:3]]
+    out = shifted_copy(items, tmp_path / "stand-in")
+    root, folders = resolve_class_folders(out)
+    assert root == out and sorted(folders) == ["lymphocyte", "neutrophil"]
+    shifted = measure_external(out)
+    original = measure_dataset([(f, c, None) for f, c in items])
+    assert len(shifted) == 6 and shifted["path"].str.endswith(".png").all()
+    assert (shifted["bg_b"].median() - original["bg_b"].median()) > 10  # towards +b*: yellow
+    assert shifted["stained_fraction"].median() > 1.5 * original["stained_fraction"].median()  # zoomed in
+    with pytest.raises(FileExistsError, match="exists"):
+        shifted_copy(items[:1], out)
+
+
+def test_transform_is_applied_to_every_image(checkpoint, sample_root, tmp_path):
+    """A test-time transform sees each image once, before preprocessing; the identity changes nothing."""
+    from bcc_utils.external import evaluate_external
+
+    _copy_classes(sample_root, tmp_path / "set", {"eosinophil": "Eosinophil", "monocyte": "MONOCYTE"}, 2)
+    seen = []
+
+    def identity(rgb):
+        seen.append(rgb.shape)
+        return rgb
+
+    plain, p0 = evaluate_external(checkpoint, tmp_path / "set", n_resamples=50)
+    same, p1 = evaluate_external(checkpoint, tmp_path / "set", n_resamples=50, transform=identity)
+    assert len(seen) == plain["n"] == 4 and same["transform"] == "identity" and plain["transform"] is None
+    assert np.allclose(p0["confidence"], p1["confidence"])
+    dark, p2 = evaluate_external(checkpoint, tmp_path / "set", n_resamples=50, transform=lambda rgb: rgb // 4)
+    assert not np.allclose(p0["confidence"], p2["confidence"])
+
+
 def test_folder_errors(checkpoint, sample_root, tmp_path, capsys):
     folder = tmp_path / "set"
     _copy_classes(sample_root, folder, {"neutrophil": "Neutrophil", "lymphocyte": "Lymphozyten"}, 1)

@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 
 from bcc_utils.data.scan import read_image
+from bcc_utils.corruptions import corrupt
 from bcc_utils.shift import (
     HED_FROM_RGB,
     RGB_FROM_HED,
+    background_colour,
     background_region,
     compare_datasets,
     estimator_error,
+    explain_confusions,
     external_items,
     laplacian_variance,
     measure_dataset,
@@ -27,6 +30,7 @@ from bcc_utils.shift import (
     rgb_to_hed,
     rgb_to_lab,
     stained_region,
+    white_balance,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::bcc_utils.data.DataWarning")
@@ -166,3 +170,52 @@ def test_estimator_error_against_expert_masks(name):
     assert not_eo["median_abs_error"] < 0.01 and not_eo["pearson_r"] > 0.5
     cell = estimator_error(df, "mask_cell_fraction").iloc[0]
     assert cell["bias"] < -0.05  # pale cytoplasm is not stained region: the estimate is the nucleus, not the cell
+
+
+# -------------------------------------------------------------------------------- white balance
+def test_white_balance_undoes_a_colour_cast(sample_root):
+    """A yellow cast (ΔE 25 towards +b*) is mostly removed by matching the background to the original's."""
+    for rgb in _images(sample_root, "neutrophil", 3) + _images(sample_root, "lymphocyte", 3):
+        target = background_colour(rgb)
+        assert np.isfinite(target).all() and target.min() > 120  # plasma and glass are light
+        cast = corrupt(rgb, "color", 5, direction=90)
+        before = np.abs(rgb_to_lab(cast).mean((0, 1)) - rgb_to_lab(rgb).mean((0, 1)))[1:].sum()
+        fixed = white_balance(cast, target)
+        assert fixed.shape == rgb.shape and fixed.dtype == np.uint8
+        after = np.abs(rgb_to_lab(fixed).mean((0, 1)) - rgb_to_lab(rgb).mean((0, 1)))[1:].sum()
+        assert after < before / 3, (before, after)
+        assert np.abs(background_colour(fixed) - target).max() < 6
+
+
+def test_white_balance_leaves_an_image_without_background_unchanged():
+    filled = np.full((64, 64, 3), 235, np.uint8)  # a dark stained cell filling the frame but a thin rim
+    filled[1:-1, 1:-1] = (90, 30, 140)
+    assert np.isnan(background_colour(filled)).all()
+    out = white_balance(filled, (250, 220, 200))
+    assert out is not filled and np.array_equal(out, filled)
+
+
+# ------------------------------------------------------------------------------- explain_confusions
+def _rows(label, pred, values):
+    import pandas as pd
+
+    return pd.DataFrame({"label": label, "pred": pred, "size": values, "hue": np.zeros(len(values))})
+
+
+def test_explain_confusions_places_the_confused_cells_between_the_classes():
+    import pandas as pd
+
+    reference = pd.concat([_rows("lymphocyte", "lymphocyte", [0.04, 0.05, 0.06]),
+                           _rows("monocyte", "monocyte", [0.14, 0.15, 0.16])])
+    external = pd.concat([_rows("lymphocyte", "monocyte", [0.14, 0.15, 0.16, 0.15]),  # look like monocytes
+                          _rows("lymphocyte", "lymphocyte", [0.05, 0.05, 0.05]),      # right: not a confusion
+                          _rows("monocyte", "lymphocyte", [0.1, 0.1])])               # fewer than min_n
+    out = explain_confusions(external, reference, measures=("size", "hue", "absent"), min_n=3)
+    assert set(out["measure"]) == {"size", "hue"}  # a measure not in both tables is left out
+    size = out[out["measure"] == "size"].iloc[0]
+    assert (size["true"], size["pred"], size["n"]) == ("lymphocyte", "monocyte", 4)
+    assert size["position"] == pytest.approx(1.0) and size["ref_true"] == pytest.approx(0.05)
+    assert np.isnan(out[out["measure"] == "hue"]["position"].iloc[0])  # both classes equal: no scale to place on
+    assert out["measure"].iloc[0] == "size"  # the measure that explains most comes first
+    with pytest.raises(ValueError, match="'pred'"):
+        explain_confusions(external.drop(columns="pred"), reference)
