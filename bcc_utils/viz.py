@@ -382,16 +382,19 @@ def plot_per_class_change(changes: Mapping[str, pd.DataFrame], title: str | None
     return fig
 
 
-def plot_shift_ablation(pbc_diff: pd.Series, external: pd.DataFrame, reference: str = "full") -> Figure:
-    """What removing each component does on PBC's test split and on external sets, in accuracy points.
+def plot_shift_ablation(pbc_diff: pd.Series, external: pd.DataFrame, reference: str = "full",
+                        measure: str = "accuracy") -> Figure:
+    """What removing each component does on PBC's test split and on external sets, in percentage points.
 
     Parameters
     ----------
     pbc_diff
         Difference to the reference per variant on the PBC test split (``summarize(runs)["diff"]``).
     external
-        :func:`bcc_utils.ablation.external_summary` (accuracy): one dot per set at the mean over seeds, its line
+        :func:`bcc_utils.ablation.external_summary`: one dot per set at the mean over seeds, its line
         from the lowest to the highest seed (each minus the reference's mean on that set).
+    measure
+        What ``external`` holds (``"accuracy"`` or ``"balanced_accuracy"``), for the axis label.
     """
     variants = [v for v in pbc_diff.index if v != reference][::-1]
     sets = list(dict.fromkeys(external.index.get_level_values("set")))
@@ -408,8 +411,38 @@ def plot_shift_ablation(pbc_diff: pd.Series, external: pd.DataFrame, reference: 
         ax.plot(100 * e["diff"], yk, "o", color=colour, label=f"{s} (line: seed range)")
     ax.axvline(0, color="0.3", lw=1)
     ax.set_yticks(y, [v.replace("_", " ") for v in variants])
-    ax.set_xlabel("accuracy minus the full pipeline's, percentage points")
+    what = "accuracy" if measure == "accuracy" else f"{measure.replace('_', ' ')} (external sets)"
+    ax.set_xlabel(f"{what} minus the full pipeline's, percentage points")
     ax.set_title("Removing one component: PBC's own test split vs other labs' cells")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_external_confusion(reports: Mapping[str, dict], title: str | None = None) -> Figure:
+    """Row-normalised confusion of external sets into *all* training classes, one heatmap per set.
+
+    ``reports``: ``{label: report}`` from :func:`bcc_utils.external.evaluate_external`. Rows are the classes the
+    set has (with their counts), columns every class the model knows — the model may answer one the set lacks.
+    """
+    fig = Figure(figsize=(4.3 * len(reports) + 0.8, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(reports)))
+    for ax, (label, r) in zip(axes, reports.items()):
+        counts = np.asarray(r["confusion"]["counts"], dtype=float)
+        share = counts / counts.sum(1, keepdims=True)
+        im = ax.imshow(share, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for i, j in np.ndindex(share.shape):
+            if counts[i, j]:
+                ax.text(j, i, f"{share[i, j]:.0%}" if share[i, j] >= 0.005 else "<1%", ha="center", va="center",
+                        fontsize=7, color="white" if share[i, j] < 0.6 else "black")
+        rows = [f"{c} ({r['n_per_class'][c]})" for c in r["confusion"]["rows"]]
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_xticks(range(len(r["confusion"]["columns"])), r["confusion"]["columns"], rotation=45, ha="right",
+                      fontsize=8)
+        ax.set_xlabel("predicted (all training classes)")
+        ax.set_title(f"{label}: accuracy {r['accuracy']:.0%}, balanced {r['balanced_accuracy']:.0%}", fontsize=9)
+    axes[0].set_ylabel("true class (count)")
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="share of the true class")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

@@ -207,6 +207,22 @@ def test_transform_is_applied_to_every_image(checkpoint, sample_root, tmp_path):
     assert not np.allclose(p0["confidence"], p2["confidence"])
 
 
+def test_external_confusion_figure_shows_each_rows_shares(checkpoint, sample_root, tmp_path):
+    from bcc_utils.external import evaluate_external
+    from bcc_utils.viz import plot_external_confusion
+
+    _copy_classes(sample_root, tmp_path / "set", {"eosinophil": "Eosinophil", "monocyte": "MONOCYTE"}, 3)
+    report, _ = evaluate_external(checkpoint, tmp_path / "set", n_resamples=50)
+    fig = plot_external_confusion({"sample": report, "again": report})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["eosinophil (3)", "monocyte (3)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(CLASSES)
+    counts = np.array(report["confusion"]["counts"])
+    shown = sorted(t.get_text() for t in ax.texts)
+    assert len(shown) == int((counts > 0).sum())  # one label per non-empty cell
+    assert ax.images[0].get_array()[0].sum() == pytest.approx(1.0)  # rows are shares of the true class
+
+
 def test_folder_errors(checkpoint, sample_root, tmp_path, capsys):
     folder = tmp_path / "set"
     _copy_classes(sample_root, folder, {"neutrophil": "Neutrophil", "lymphocyte": "Lymphozyten"}, 1)
