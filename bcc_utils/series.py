@@ -25,6 +25,8 @@ from pathlib import Path
 from bcc_utils.paths import DATA_ENV, SMOKE_ENV, find_data_dir
 
 RUNS_ENV = "BCC_RUNS_DIR"
+#: Where notebook 10 finds the external sets (``dataset1-jtsc/``, ``dataset2-cellavision/``); unset: it downloads them.
+EXTERNAL_ENV = "BCC_EXTERNAL_DIR"
 
 #: Default time limits in seconds, ``(per cell, per notebook)``, by the preset the notebooks pick
 #: (:func:`bcc_utils.config.auto_preset`): smoke runs take seconds per cell; the ``cpu`` training cell of
@@ -77,6 +79,7 @@ def run_series(
     cell_timeout: float | None = None,
     notebook_timeout: float | None = None,
     notebooks: list[str | os.PathLike] | None = None,
+    external_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Execute the notebooks and write the executed copies under ``out_dir``.
 
@@ -97,6 +100,8 @@ def run_series(
         :func:`default_timeouts`.
     notebooks
         Notebook files to run instead of the series in ``notebooks/``.
+    external_dir
+        The ``wbc-external`` folder for notebook 10 (else ``$BCC_EXTERNAL_DIR``, else it downloads the sets).
 
     Returns
     -------
@@ -112,6 +117,11 @@ def run_series(
         notebook_timeout = default_notebook if notebook_timeout is None else notebook_timeout
 
     books = [Path(p) for p in notebooks] if notebooks is not None else list_notebooks(select)  # a typo fails first
+    if external_dir is not None:
+        if not Path(external_dir).expanduser().is_dir():
+            raise FileNotFoundError(f"--external-dir {external_dir}: no such folder (it should hold dataset1-jtsc/ and "
+                                    "dataset2-cellavision/, as 'python -m bcc_utils download wbc-external' makes them)")
+        os.environ[EXTERNAL_ENV] = str(Path(external_dir).expanduser().resolve())
     out = Path(out_dir).resolve()
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -235,6 +245,8 @@ def register(sub) -> None:
     p = sub.add_parser("series", help="execute the notebook series headless and save the executed notebooks")
     p.add_argument("--out", default="outputs", help="output folder (default: outputs/)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $BCC_DATA_DIR or the download cache)")
+    p.add_argument("--external-dir", default=None, metavar="DIR",
+                   help="the wbc-external sets for notebook 10 (default: $BCC_EXTERNAL_DIR, else downloaded)")
     p.add_argument("--smoke", action="store_true", help="tiny fast runs, as in CI")
     p.add_argument("--only", nargs="*", default=None, help="run only these notebooks (number or name fragment)")
     limits = ", ".join(f"{k} {c:g}/{n:g}" for k, (c, n) in DEFAULT_TIMEOUTS.items())
@@ -259,7 +271,8 @@ def _seconds(text: str) -> float:
 
 def _cmd_series(args) -> int:
     report = run_series(args.out, data_dir=args.data_dir, smoke=args.smoke, select=args.only,
-                        cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout)
+                        cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
+                        external_dir=args.external_dir)
     failed = [r for r in report if r["status"] != "ok"]
     print(f"\nExecuted notebooks are in {Path(args.out) / 'notebooks'}; runs in {Path(args.out) / 'runs'}.")
     for r in failed:

@@ -397,7 +397,8 @@ def compare_datasets(frames, measures=MEASURES, by: str | None = None):
 
 
 def explain_confusions(external, reference, measures=("stained_fraction", "bg_b", "stain_a", "stain_b", "H_mean",
-                                                    "E_mean", "sharpness_input"), top: int = 5, min_n: int = 3):
+                                                    "E_mean", "sharpness_input"), top: int = 5, min_n: int = 3,
+                       min_separation: float = 0.5):
     """Which measure makes the most common confusions look like the class the model chose.
 
     For each frequent confusion *true → predicted* of an external set, each measure's median over those
@@ -405,6 +406,10 @@ def explain_confusions(external, reference, measures=("stained_fraction", "bg_b"
     of the true class and 1 at that of the predicted class (0.5: halfway). A position near or beyond 1
     says that, on this measure, the confused cells look like the predicted class in the training data —
     a candidate reason, not a proof (measures correlate, and the model may use none of them).
+
+    A measure on which the two classes hardly differ in the reference data (their medians closer than
+    ``min_separation`` times their mean interquartile range — e.g. the background colour, which is the same for
+    every class of one lab) cannot say which class a cell resembles: its ``position`` is NaN.
 
     Parameters
     ----------
@@ -416,13 +421,15 @@ def explain_confusions(external, reference, measures=("stained_fraction", "bg_b"
         Columns to place (those missing are left out).
     top, min_n
         The ``top`` most frequent confusions with at least ``min_n`` images.
+    min_separation
+        See above.
 
     Returns
     -------
     pandas.DataFrame
         One row per (confusion, measure): ``true``, ``pred``, ``n``, ``measure``, ``confused`` (median of the
-        confused images), ``ref_true`` and ``ref_pred`` (reference medians), ``position``; sorted by
-        confusion frequency, then by ``position`` (largest first).
+        confused images), ``ref_true`` and ``ref_pred`` (reference medians), ``separation`` (their distance in
+        interquartile ranges), ``position``; sorted by confusion frequency, then by ``position`` (largest first).
     """
     import pandas as pd
 
@@ -433,7 +440,8 @@ def explain_confusions(external, reference, measures=("stained_fraction", "bg_b"
     wrong = external[external["label"] != external["pred"]]
     pairs = wrong.groupby(["label", "pred"]).size().sort_values(ascending=False, kind="stable")
     pairs = pairs[pairs >= min_n].head(top)
-    ref = reference.groupby("label")[measures].median()
+    grouped = reference.groupby("label")[measures]
+    ref, iqr = grouped.median(), grouped.quantile(0.75) - grouped.quantile(0.25)
     rows = []
     for (t, p), n in pairs.items():
         if t not in ref.index or p not in ref.index:
@@ -441,10 +449,14 @@ def explain_confusions(external, reference, measures=("stained_fraction", "bg_b"
         confused = wrong[(wrong["label"] == t) & (wrong["pred"] == p)][measures].median()
         for m in measures:
             span = ref.loc[p, m] - ref.loc[t, m]
-            pos = (confused[m] - ref.loc[t, m]) / span if span else float("nan")
+            spread = (iqr.loc[p, m] + iqr.loc[t, m]) / 2
+            separation = abs(span) / spread if spread > 0 else (float("inf") if span else float("nan"))
+            pos = (confused[m] - ref.loc[t, m]) / span if separation >= min_separation else float("nan")
             rows.append({"true": t, "pred": p, "n": int(n), "measure": m, "confused": float(confused[m]),
-                         "ref_true": float(ref.loc[t, m]), "ref_pred": float(ref.loc[p, m]), "position": float(pos)})
-    out = pd.DataFrame(rows, columns=["true", "pred", "n", "measure", "confused", "ref_true", "ref_pred", "position"])
+                         "ref_true": float(ref.loc[t, m]), "ref_pred": float(ref.loc[p, m]),
+                         "separation": float(separation), "position": float(pos)})
+    out = pd.DataFrame(rows, columns=["true", "pred", "n", "measure", "confused", "ref_true", "ref_pred", "separation",
+                                      "position"])
     if len(out):
         out["_order"] = out.groupby(["true", "pred"], sort=False).ngroup()
         out = out.sort_values(["_order", "position"], ascending=[True, False], kind="stable").drop(columns="_order")

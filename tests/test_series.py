@@ -82,3 +82,15 @@ def test_a_selection_that_matches_nothing_fails_before_any_download(tmp_path, mo
     assert cli_main(["series", "--only", "99", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "No notebook matches" in err and "download" not in err.lower()
+
+
+def test_a_missing_external_folder_fails_in_one_line_before_any_download(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("BCC_DATA_DIR", raising=False)
+    monkeypatch.delenv("BCC_EXTERNAL_DIR", raising=False)
+    monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "empty-cache"))
+    from bcc_utils.cli import main as cli_main
+
+    code = cli_main(["series", "--only", "10", "--external-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--external-dir" in err and "nowhere" in err and "Traceback" not in err
+    assert "BCC_EXTERNAL_DIR" not in os.environ and not (tmp_path / "empty-cache").exists()

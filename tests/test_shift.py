@@ -199,7 +199,8 @@ def test_white_balance_leaves_an_image_without_background_unchanged():
 def _rows(label, pred, values):
     import pandas as pd
 
-    return pd.DataFrame({"label": label, "pred": pred, "size": values, "hue": np.zeros(len(values))})
+    return pd.DataFrame({"label": label, "pred": pred, "size": values, "hue": np.zeros(len(values)),
+                         "background": np.arange(len(values)) + (0.1 if label == "monocyte" else 0.0)})
 
 
 def test_explain_confusions_places_the_confused_cells_between_the_classes():
@@ -210,8 +211,10 @@ def test_explain_confusions_places_the_confused_cells_between_the_classes():
     external = pd.concat([_rows("lymphocyte", "monocyte", [0.14, 0.15, 0.16, 0.15]),  # look like monocytes
                           _rows("lymphocyte", "lymphocyte", [0.05, 0.05, 0.05]),      # right: not a confusion
                           _rows("monocyte", "lymphocyte", [0.1, 0.1])])               # fewer than min_n
-    out = explain_confusions(external, reference, measures=("size", "hue", "absent"), min_n=3)
-    assert set(out["measure"]) == {"size", "hue"}  # a measure not in both tables is left out
+    out = explain_confusions(external, reference, measures=("size", "hue", "background", "absent"), min_n=3)
+    assert set(out["measure"]) == {"size", "hue", "background"}  # a measure not in both tables is left out
+    background = out[out["measure"] == "background"].iloc[0]
+    assert background["separation"] == pytest.approx(0.1) and np.isnan(background["position"])  # classes overlap
     size = out[out["measure"] == "size"].iloc[0]
     assert (size["true"], size["pred"], size["n"]) == ("lymphocyte", "monocyte", 4)
     assert size["position"] == pytest.approx(1.0) and size["ref_true"] == pytest.approx(0.05)
