@@ -435,17 +435,23 @@ def external_summary(runs, measure: str = "accuracy", reference: str = "full", c
     return out.reindex(order, level=0)
 
 
-def per_class_recall(runs):
-    """Mean recall per class (rows: classes) and variant (columns) over seeds, from the records' test predictions."""
-    return _per_class(runs, "recall")
+def per_class_recall(runs, by_seed: bool = False):
+    """Mean recall per class (rows: classes) and variant (columns) over seeds, from the records' test predictions.
+
+    ``by_seed=True``: no mean; one column per run, labelled ``(variant, seed)``.
+    """
+    return _per_class(runs, "recall", by_seed)
 
 
-def per_class_precision(runs):
-    """Mean precision per class (rows) and variant (columns) over seeds; a class never predicted counts as 0."""
-    return _per_class(runs, "precision")
+def per_class_precision(runs, by_seed: bool = False):
+    """Mean precision per class (rows) and variant (columns) over seeds; a class never predicted counts as 0.
+
+    ``by_seed=True``: no mean; one column per run, labelled ``(variant, seed)``.
+    """
+    return _per_class(runs, "precision", by_seed)
 
 
-def _per_class(runs, metric: str):
+def _per_class(runs, metric: str, by_seed: bool = False):
     import pandas as pd
 
     classes = runs["classes"].iloc[0]
@@ -455,9 +461,12 @@ def _per_class(runs, metric: str):
         # recall: of the images of class c, the share predicted c; precision: the same with the roles swapped
         ref, other = (y_true, y_pred) if metric == "recall" else (y_pred, y_true)
         rows.append([float(np.mean(other[ref == c] == c)) if (ref == c).any() else 0.0 for c in range(len(classes))])
-    table = pd.DataFrame(rows, index=runs["variant"].to_numpy(), columns=classes).groupby(level=0).mean()
-    order = [v for v in [*VARIANTS, *RECIPES] if v in table.index] + sorted(set(table.index) - {*VARIANTS, *RECIPES})
-    return table.loc[order].T
+    index = pd.MultiIndex.from_arrays([runs["variant"].to_numpy(), runs["seed"].to_numpy()], names=["variant", "seed"])
+    table = pd.DataFrame(rows, index=index, columns=classes)
+    table = table.sort_index(level="seed") if by_seed else table.groupby(level="variant").mean()
+    variants = table.index.get_level_values("variant")
+    order = [v for v in [*VARIANTS, *RECIPES] if v in variants] + sorted(set(variants) - {*VARIANTS, *RECIPES})
+    return (table.loc[order] if not by_seed else table.reindex(order, level="variant")).T
 
 
 __all__ = ["VARIANTS", "RECIPES", "BASES", "base_config", "variant_config", "run_ablation", "run_record",

@@ -197,6 +197,10 @@ def test_per_class_recall_is_the_mean_over_seeds_of_each_class_recall():
     assert list(recall.columns) == ["full", "classroom"] and list(recall.index) == ["a", "b"]
     assert recall.loc["a", "full"] == pytest.approx(0.75) and recall.loc["b", "full"] == pytest.approx(0.75)
     assert recall.loc["a", "classroom"] == 0 and recall.loc["b", "classroom"] == 1
+    per_seed = per_class_recall(runs, by_seed=True)
+    assert list(per_seed.columns) == [("full", 0), ("full", 1), ("classroom", 0)]
+    assert per_seed[("full", 0)].tolist() == [0.5, 1.0] and per_seed[("full", 1)].tolist() == [1.0, 0.5]
+    assert per_seed["full"].mean(axis=1).tolist() == recall["full"].tolist()  # the mean is the default table
 
 
 def test_per_class_precision_matches_sklearn_and_counts_a_class_never_predicted_as_zero():
