@@ -409,7 +409,11 @@ def explain_confusions(external, reference, measures=("stained_fraction", "bg_b"
 
     A measure on which the two classes hardly differ in the reference data (their medians closer than
     ``min_separation`` times their mean interquartile range — e.g. the background colour, which is the same for
-    every class of one lab) cannot say which class a cell resembles: its ``position`` is NaN.
+    every class of one lab) cannot say which class a cell resembles: its ``position`` is NaN. A position well
+    beyond 1 means the whole set moved in the predicted class's direction, further than the two classes differ.
+
+    Within a confusion, the measures that place the cells at least halfway (``position >= 0.5``) come first,
+    the one that best separates the two classes in the reference data (largest ``separation``) at the top.
 
     Parameters
     ----------
@@ -429,7 +433,7 @@ def explain_confusions(external, reference, measures=("stained_fraction", "bg_b"
     pandas.DataFrame
         One row per (confusion, measure): ``true``, ``pred``, ``n``, ``measure``, ``confused`` (median of the
         confused images), ``ref_true`` and ``ref_pred`` (reference medians), ``separation`` (their distance in
-        interquartile ranges), ``position``; sorted by confusion frequency, then by ``position`` (largest first).
+        interquartile ranges), ``position``; sorted by confusion frequency, then as described above.
     """
     import pandas as pd
 
@@ -459,7 +463,9 @@ def explain_confusions(external, reference, measures=("stained_fraction", "bg_b"
                                       "position"])
     if len(out):
         out["_order"] = out.groupby(["true", "pred"], sort=False).ngroup()
-        out = out.sort_values(["_order", "position"], ascending=[True, False], kind="stable").drop(columns="_order")
+        out["_halfway"] = out["position"] >= 0.5
+        out = (out.sort_values(["_order", "_halfway", "separation"], ascending=[True, False, False], kind="stable")
+               .drop(columns=["_order", "_halfway"]))
     return out.reset_index(drop=True)
 
 

@@ -270,21 +270,20 @@ def plot_selective(predictions: Mapping[str, tuple], target: float = 0.995, thre
 
     fig = Figure(figsize=(6.5, 3.8), layout="constrained")
     ax = fig.subplots()
-    for i, (label, (prob, y)) in enumerate(predictions.items()):
+    for label, (prob, y) in predictions.items():
         c = selective_curve(prob, y)
-        line, = ax.plot(c["coverage"], c["accuracy"], label=label)
         point = at_threshold(prob, y, threshold) if threshold is not None else threshold_for_accuracy(prob, y, target)
-        if point["threshold"] is not None and point["kept"]:
+        marked = point["threshold"] is not None and point["kept"]
+        # the marked point goes into the legend: a note beside the point would leave the axes at low coverage
+        note = (f"{label}: conf ≥ {point['threshold']:.3f}: {point['coverage']:.1%} kept, {point['accuracy']:.2%} right, "
+                f"{point['referred']} referred" if marked else f"{label}: nothing kept at the threshold")
+        line, = ax.plot(c["coverage"], c["accuracy"], label=note)
+        if marked:
             ax.plot(point["coverage"], point["accuracy"], "o", color=line.get_color())
-            ax.annotate(f"{label}: conf ≥ {point['threshold']:.3f}\n{point['coverage']:.1%} kept, "
-                        f"{point['accuracy']:.2%} right, {point['referred']} referred",
-                        (point["coverage"], point["accuracy"]), xytext=(-210, -28 - 34 * i),
-                        textcoords="offset points", fontsize=7, color=line.get_color(),
-                        arrowprops={"arrowstyle": "-", "color": "0.6"})
     ax.axhline(target, ls=":", color="0.3", lw=1)
     ax.set(xlabel="coverage (share of cells the model decides)", ylabel="accuracy on the decided cells",
-           title="Refer when unsure: accuracy against coverage", xlim=xlim)
-    ax.legend(fontsize=7, loc="lower left")
+           title="Refer when unsure: accuracy against coverage (dot: the threshold)", xlim=xlim)
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     return fig
 

@@ -156,3 +156,24 @@ def test_reliability_diagram_shows_every_point_on_0_1_and_each_bins_count(run_di
         assert [b.get_height() for b in bars] == t["count"].tolist() and sum(t["count"]) == len(labels)
         sizes = np.broadcast_to(dots.get_sizes(), len(t))
         assert (np.diff(sizes[np.argsort(t["count"].to_numpy(), kind="stable")]) >= 0).all(), "bigger bin, bigger dot"
+
+
+def test_plot_selective_names_the_threshold_point_in_the_legend():
+    from bcc_utils.calibration import at_threshold
+    from bcc_utils.viz import plot_selective
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    prob = rng.dirichlet(np.ones(3), 300)
+    prob[np.arange(300), y] += 0.6
+    prob /= prob.sum(1, keepdims=True)
+    fig = plot_selective({"home": (prob, y), "abroad": (prob[:, ::-1], y)}, 0.99, threshold=0.6, xlim=(0, 1))
+    ax = fig.axes[0]
+    home = at_threshold(prob, y, 0.6)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts[0] == (f"home: conf ≥ 0.600: {home['coverage']:.1%} kept, {home['accuracy']:.2%} right, "
+                        f"{home['referred']} referred")
+    assert texts[1].startswith("abroad: conf ≥ 0.600") and ax.get_xlim() == (0, 1)
+    assert all(0 <= x <= 1 for line in ax.lines for x in np.atleast_1d(line.get_xdata()))
+    nothing = plot_selective({"home": (prob, y)}, 0.99, threshold=1.01)
+    assert [t.get_text() for t in nothing.axes[0].get_legend().get_texts()] == ["home: nothing kept at the threshold"]

@@ -219,6 +219,11 @@ def test_explain_confusions_places_the_confused_cells_between_the_classes():
     assert (size["true"], size["pred"], size["n"]) == ("lymphocyte", "monocyte", 4)
     assert size["position"] == pytest.approx(1.0) and size["ref_true"] == pytest.approx(0.05)
     assert np.isnan(out[out["measure"] == "hue"]["position"].iloc[0])  # both classes equal: no scale to place on
-    assert out["measure"].iloc[0] == "size"  # the measure that explains most comes first
+    assert out["measure"].iloc[0] == "size"  # halfway or more, and the best separated: first
+    external["hue"] = np.where(external["pred"] == "monocyte", 5.0, 0.0)  # confused cells far off on a weak measure
+    reference["hue"] = np.where(reference["label"] == "monocyte", 0.01, 0.0) + np.array([0.0, 0.004, 0.008] * 2)
+    out = explain_confusions(external, reference, measures=("hue", "size"), min_n=3)
+    first = out.iloc[0]
+    assert first["measure"] == "size" and out.iloc[1]["position"] > first["position"]  # separation, not position, ranks
     with pytest.raises(ValueError, match="'pred'"):
         explain_confusions(external.drop(columns="pred"), reference)
