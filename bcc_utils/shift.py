@@ -47,7 +47,7 @@ DEFAULT_INPUT_SIZE = 96
 BACKGROUND_QUANTILE = 0.75
 #: The measures :func:`compare_datasets` summarises by default.
 MEASURES = ("L_mean", "a_mean", "b_mean", "L_std", "bg_L", "bg_a", "bg_b", "stain_L", "stain_a", "stain_b",
-            "H_mean", "E_mean", "stained_fraction", "mask_nucleus_fraction", "mask_cell_fraction",
+            "H_mean", "E_mean", "stain_H", "stain_E", "stained_fraction", "mask_nucleus_fraction", "mask_cell_fraction",
             "sharpness_input", "sharpness_native", "width", "height")
 
 
@@ -227,7 +227,9 @@ def measure_image(rgb: np.ndarray, mask=None, input_size: int = DEFAULT_INPUT_SI
         of the whole image); ``bg_L``, ``bg_a``, ``bg_b`` (mean of the background, see
         :func:`background_region`: outside the mask's cell when there is a mask, else outside the stained
         region); ``stain_L``, ``stain_a``, ``stain_b`` (mean inside the stained region); ``H_mean``,
-        ``E_mean``, ``D_mean`` and ``H_std``, ``E_std`` (optical densities, :func:`rgb_to_hed`);
+        ``E_mean``, ``D_mean`` and ``H_std``, ``E_std`` (optical densities of the whole frame, :func:`rgb_to_hed`:
+        they grow with the share of the frame the cell covers); ``stain_H``, ``stain_E`` (mean optical densities
+        inside the stained region: the stain itself, whatever the cell's size);
         ``stained_fraction`` (the estimate of :func:`stained_region`); ``mask_nucleus_fraction`` and
         ``mask_cell_fraction`` (NaN without a mask); ``sharpness_input`` and ``sharpness_native``.
     """
@@ -254,6 +256,7 @@ def measure_image(rgb: np.ndarray, mask=None, input_size: int = DEFAULT_INPUT_SI
     for i, c in enumerate("HED"):
         out[f"{c}_mean"] = float(hed[..., i].mean())
     out["H_std"], out["E_std"] = float(hed[..., 0].std()), float(hed[..., 1].std())
+    out["stain_H"], out["stain_E"] = _mean(hed[..., 0][stained]), _mean(hed[..., 1][stained])
     out["stained_fraction"] = float(stained.mean())
     out["mask_nucleus_fraction"] = float(nucleus.mean()) if nucleus is not None else float("nan")
     out["mask_cell_fraction"] = float(cell.mean()) if cell is not None else float("nan")
@@ -396,8 +399,8 @@ def compare_datasets(frames, measures=MEASURES, by: str | None = None):
     return out.sort_index(key=lambda idx: idx.map(order) if idx.name == "measure" else idx, kind="stable")
 
 
-def explain_confusions(external, reference, measures=("stained_fraction", "bg_b", "stain_a", "stain_b", "H_mean",
-                                                    "E_mean", "sharpness_input"), top: int = 5, min_n: int = 3,
+def explain_confusions(external, reference, measures=("stained_fraction", "stain_a", "stain_b", "stain_H", "stain_E",
+                                                    "sharpness_input", "bg_b"), top: int = 5, min_n: int = 3,
                        min_separation: float = 0.5):
     """Which measure makes the most common confusions look like the class the model chose.
 

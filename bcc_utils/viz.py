@@ -410,8 +410,8 @@ def plot_shift_ablation(pbc_diff: pd.Series, external: pd.DataFrame, reference: 
         ax.plot(100 * e["diff"], yk, "o", color=colour, label=f"{s} (line: seed range)")
     ax.axvline(0, color="0.3", lw=1)
     ax.set_yticks(y, [v.replace("_", " ") for v in variants])
-    what = "accuracy" if measure == "accuracy" else f"{measure.replace('_', ' ')} (external sets)"
-    ax.set_xlabel(f"{what} minus the full pipeline's, percentage points")
+    ax.set_xlabel("accuracy minus the full pipeline's, percentage points" if measure == "accuracy" else
+                  f"minus the full pipeline's, points (PBC: accuracy; other sets: {measure.replace('_', ' ')})")
     ax.set_title("Removing one component: PBC's own test split vs other labs' cells")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax.grid(axis="x", alpha=0.3)

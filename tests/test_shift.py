@@ -227,3 +227,14 @@ def test_explain_confusions_places_the_confused_cells_between_the_classes():
     assert first["measure"] == "size" and out.iloc[1]["position"] > first["position"]  # separation, not position, ranks
     with pytest.raises(ValueError, match="'pred'"):
         explain_confusions(external.drop(columns="pred"), reference)
+
+
+def test_stain_density_does_not_grow_with_the_cell_s_share_of_the_frame(sample_root):
+    """Zooming in (2×) multiplies the whole-frame H density; inside the stained region it barely moves (medians)."""
+    ratios = []
+    for rgb in _images(sample_root, "lymphocyte", 3) + _images(sample_root, "neutrophil", 3):
+        near, far = measure_image(corrupt(rgb, "zoom", 5)), measure_image(rgb)
+        ratios.append({k: near[k] / far[k] for k in ("stained_fraction", "H_mean", "stain_H", "stain_E")})
+    median = {k: float(np.median([r[k] for r in ratios])) for k in ratios[0]}
+    assert median["stained_fraction"] > 2.5 and median["H_mean"] > 2
+    assert abs(median["stain_H"] - 1) < 0.1 and abs(median["stain_E"] - 1) < 0.1, median
