@@ -323,6 +323,48 @@ def shifted_copy(items, out, shift=STAND_IN_SHIFT, seed: int = 0) -> Path:
     return out
 
 
+#: The two ``wbc-external`` sets (``python -m bcc_utils download wbc-external``) and the names the notebooks use.
+WBC_SETS: dict[str, str] = {"dataset1-jtsc": "Tecom", "dataset2-cellavision": "CellaVision"}
+
+
+def external_sets(external_dir=None, *, download_missing: bool = True, stand_in_items=None,
+                  stand_in_dir=None) -> tuple[dict[str, Path], bool]:
+    """The ``wbc-external`` sets by name, or a stand-in: ``({name: folder}, is_stand_in)``.
+
+    Parameters
+    ----------
+    external_dir
+        A folder holding ``dataset1-jtsc/`` and ``dataset2-cellavision/``; ``None``: the download cache.
+    download_missing
+        Without ``external_dir``, download the sets (once; verified). ``False`` (smoke runs, CI): the stand-in.
+    stand_in_items, stand_in_dir
+        What :func:`shifted_copy` makes the stand-in from, and where (made once, then reused). Used when no
+        download is wanted or when it fails (offline: with a warning saying so).
+    """
+    if external_dir is not None:
+        root = Path(external_dir).expanduser()
+        missing = [k for k in WBC_SETS if not (root / k).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{root}: no {', '.join(missing)} folder (python -m bcc_utils download "
+                                    "wbc-external makes them)")
+        return {name: root / k for k, name in WBC_SETS.items()}, False
+    if download_missing:
+        from bcc_utils.data import download
+
+        try:
+            root = download("wbc-external")
+            return {name: root / k for k, name in WBC_SETS.items()}, False
+        except (RuntimeError, OSError) as exc:
+            warnings.warn(f"wbc-external could not be fetched ({str(exc).splitlines()[0]}); using a stand-in made "
+                          "from PBC images, whose numbers say nothing about another lab", stacklevel=2)
+    if stand_in_dir is None or stand_in_items is None:
+        raise ValueError("no external sets and no stand-in to make (give stand_in_items and stand_in_dir)")
+    stand_in_dir = Path(stand_in_dir)
+    if not stand_in_dir.is_dir():
+        shifted_copy(stand_in_items, stand_in_dir)
+    return {"stand-in": stand_in_dir}, True
+
+
 def format_report(report: dict) -> str:
     """A short text summary of :func:`evaluate_external`: headline metrics and the confusion table."""
     import pandas as pd
@@ -354,5 +396,5 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["IMAGES_DIR", "STAND_IN_SHIFT", "load_class_map", "resolve_class_folders", "evaluate_external",
-           "shifted_copy", "format_report"]
+__all__ = ["IMAGES_DIR", "STAND_IN_SHIFT", "WBC_SETS", "load_class_map", "resolve_class_folders", "evaluate_external",
+           "shifted_copy", "external_sets", "format_report"]

@@ -188,6 +188,35 @@ def test_stand_in_set_has_the_layout_and_the_shift(sample_root, tmp_path):
         shifted_copy(items[:1], out)
 
 
+def test_external_sets_given_downloaded_or_stand_in(sample_root, tmp_path, monkeypatch):
+    """A given folder is checked; offline, the download's failure becomes a warning and a stand-in, made once."""
+    import bcc_utils.data
+    from bcc_utils.external import external_sets
+
+    with pytest.raises(FileNotFoundError, match="dataset1-jtsc"):
+        external_sets(tmp_path)
+    for name in ("dataset1-jtsc", "dataset2-cellavision"):
+        (tmp_path / "given" / name).mkdir(parents=True)
+    sets, stand_in = external_sets(tmp_path / "given")
+    assert not stand_in and sets == {"Tecom": tmp_path / "given" / "dataset1-jtsc",
+                                     "CellaVision": tmp_path / "given" / "dataset2-cellavision"}
+
+    def offline(source, *args, **kwargs):
+        raise RuntimeError(f"Could not download {source}: no connection (offline?)")
+
+    monkeypatch.setattr(bcc_utils.data, "download", offline)
+    items = [(f, "lymphocyte") for f in sorted(p for p in (sample_root / "lymphocyte").iterdir()
+                                                if not p.name.startswith("."))[:2]]
+    with pytest.warns(UserWarning, match="could not be fetched.*stand-in"):
+        sets, stand_in = external_sets(stand_in_items=items, stand_in_dir=tmp_path / "stand-in")
+    assert stand_in and sorted(p.name for p in (tmp_path / "stand-in" / "lymphocyte").iterdir()) == \
+        sorted(f"{f.stem}.png" for f, _ in items)
+    again, _ = external_sets(download_missing=False, stand_in_items=items[:1], stand_in_dir=tmp_path / "stand-in")
+    assert again == sets and len(list((tmp_path / "stand-in" / "lymphocyte").iterdir())) == 2  # reused, not remade
+    with pytest.raises(ValueError, match="stand-in"):
+        external_sets(download_missing=False)
+
+
 def test_transform_is_applied_to_every_image(checkpoint, sample_root, tmp_path):
     """A test-time transform sees each image once, before preprocessing; the identity changes nothing."""
     from bcc_utils.external import evaluate_external
