@@ -12,7 +12,7 @@ import math
 import typing
 from dataclasses import dataclass
 
-AUGMENTS = ("paper", "batch", "robust", "dihedral", "none")
+AUGMENTS = ("paper", "batch", "robust", "batch+robust", "dihedral", "none")
 BALANCES = ("none", "sampler", "loss", "both")
 SCHEDULERS = ("cosine", "onecycle", "none")
 TTAS = ("none", "dihedral")
@@ -49,13 +49,15 @@ class TrainConfig:
         ``"batch"``: the same components vectorised over whole in-memory batches in the main process
         (:mod:`bcc_utils.batch_augment`, fast on a CPU);
         ``"robust"``: flips plus zoom, stain, white-balance and blur changes against other labs' images,
-        vectorised over batches (:mod:`bcc_utils.robust_augment`);
+        vectorised over batches (:mod:`bcc_utils.robust_augment`); ``"batch+robust"``: both families, the
+        paper's first;
         ``"dihedral"``: random horizontal/vertical flips and transpose of the whole uint8 batch in
         the main process (fast on a CPU); ``"none"``.
     augment_disable : str
         Comma-separated components of the ``"paper"`` or ``"batch"`` pipeline to leave out, e.g. ``"cutout"`` or
         ``"noise,motion_blur"`` (names: :data:`bcc_utils.augment.COMPONENTS`), or of the ``"robust"`` one
-        (:data:`bcc_utils.robust_augment.COMPONENTS`, e.g. ``"stain"``); for ablations.
+        (:data:`bcc_utils.robust_augment.COMPONENTS`, e.g. ``"stain"``), or of either with ``"batch+robust"``;
+        for ablations.
     mixup_p, mixup_alpha : float
         Probability of mixing a batch, and the Beta(alpha, alpha) parameter (0 disables mixup).
     balance : str
@@ -168,14 +170,14 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0 or self.freeze_blocks < 0:
             raise ValueError("lr must be > 0, weight_decay >= 0, freeze_blocks >= 0")
         if self.augment_disable:
-            if self.augment not in ("paper", "batch", "robust"):
-                raise ValueError(f"augment_disable only applies to augment='paper', 'batch' or 'robust', "
-                                 f"not {self.augment!r}")
-            if self.augment == "robust":
-                from bcc_utils.robust_augment import check_component_names
-            else:
-                from bcc_utils.augment import check_component_names
-            check_component_names(self.disabled_components)
+            if self.augment not in ("paper", "batch", "robust", "batch+robust"):
+                raise ValueError(f"augment_disable only applies to augment='paper', 'batch', 'robust' or "
+                                 f"'batch+robust', not {self.augment!r}")
+            from bcc_utils import augment, robust_augment
+
+            valid = {"robust": robust_augment.COMPONENTS, "batch+robust": augment.COMPONENTS + robust_augment.COMPONENTS}
+            augment.check_names(self.disabled_components, valid.get(self.augment, augment.COMPONENTS),
+                                "augmentation component")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ValueError(f"split_fractions must be three numbers summing to 1, got {self.split_fractions}")
         if self.clahe:

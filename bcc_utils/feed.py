@@ -64,9 +64,10 @@ def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: 
             order = shard
         else:
             order = torch.randperm(n, generator=g) if sampler is None else torch.as_tensor(list(sampler))
-        flips = cfg.augment in ("dihedral", "robust") or (cfg.augment == "batch" and "flip" not in cfg.disabled_components)
+        flips = (cfg.augment in ("dihedral", "robust")
+                 or (cfg.augment in ("batch", "batch+robust") and "flip" not in cfg.disabled_components))
         batches = MemoryBatches(*memory, batch, order, flips, g, drop_last, cfg.limit_train_batches)
-        if cfg.augment in ("batch", "robust"):
+        if cfg.augment in ("batch", "robust", "batch+robust"):
             return _Augmented(batches, cfg.disabled_components, g, cfg.augment)
         return batches
     from bcc_utils.augment import build_train_transform
@@ -87,8 +88,9 @@ def train_batches(cfg: TrainConfig, data: RunData, sampler, epoch_seed: int, g: 
 
 
 class _Augmented:
-    """Batch augmentations applied to each batch: the paper's (:func:`bcc_utils.batch_augment.augment_batch`)
-    or the lab-shift ones (:func:`bcc_utils.robust_augment.robust_batch`)."""
+    """Batch augmentations applied to each batch: the paper's (:func:`bcc_utils.batch_augment.augment_batch`),
+    the lab-shift ones (:func:`bcc_utils.robust_augment.robust_batch`), or both (``"batch+robust"``, the paper's
+    first); each family gets the disabled names that are its own."""
 
     def __init__(self, batches, disable, generator, kind="batch"):
         self.batches, self.disable, self.generator, self.kind = batches, disable, generator, kind
@@ -97,13 +99,18 @@ class _Augmented:
         return len(self.batches)
 
     def __iter__(self):
-        if self.kind == "robust":
-            from bcc_utils.robust_augment import robust_batch as augment
-        else:
-            from bcc_utils.batch_augment import augment_batch as augment
+        from bcc_utils import augment, robust_augment
+        from bcc_utils.batch_augment import augment_batch
 
+        steps = []
+        if self.kind in ("batch", "batch+robust"):
+            steps.append((augment_batch, [n for n in self.disable if n in augment.COMPONENTS]))
+        if self.kind in ("robust", "batch+robust"):
+            steps.append((robust_augment.robust_batch, [n for n in self.disable if n in robust_augment.COMPONENTS]))
         for x, y in self.batches:
-            yield augment(x, self.generator, disable=self.disable), y
+            for step, disable in steps:
+                x = step(x, self.generator, disable=disable)
+            yield x, y
 
 
 class _Limited:

@@ -294,6 +294,7 @@ def training_stages(cfg) -> tuple[list[str], list[str]]:
     """
     sampler = "class-balanced" if cfg.balance in ("sampler", "both") else "shuffled"
     augment = {"paper": "paper's 9\n(per image)", "batch": "paper's 9\n(per batch)", "robust": "lab-shift\n(per batch)",
+               "batch+robust": "paper's 9 + lab-shift\n(per batch)",
                "dihedral": "flips\n(per batch)", "none": "none"}[cfg.augment]
     loss = ("class-weighted\n" if cfg.balance in ("loss", "both") else "") + "cross-entropy"
     if cfg.label_smoothing:

@@ -99,3 +99,42 @@ def test_colour_turns_some_cells_grey_and_keeps_their_lightness(cells):
     assert (out.std(1).mean((1, 2)) < 1.0).all()  # R = G = B up to rounding: no colour left
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     assert ((out * luma).sum(1) - (cells.float() * luma).sum(1)).abs().mean() < 1.0
+
+
+def test_both_families_apply_the_paper_s_then_the_lab_shift_ones(cells):
+    """``augment="batch+robust"``: each family gets its own disabled names, with the same random draws as alone."""
+    from bcc_utils import augment
+    from bcc_utils.batch_augment import augment_batch
+    from bcc_utils.feed import _Augmented
+
+    batches = [(cells, torch.zeros(len(cells), dtype=torch.long))]
+
+    def through(disable, seed=3):
+        return next(iter(_Augmented(batches, disable, torch.Generator().manual_seed(seed), "batch+robust")))[0]
+
+    only_robust = through(list(augment.COMPONENTS))
+    assert torch.equal(only_robust, robust_batch(cells, torch.Generator().manual_seed(3)))
+    only_paper = through(list(COMPONENTS))
+    assert torch.equal(only_paper, augment_batch(cells, torch.Generator().manual_seed(3)))
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(through([]), robust_batch(augment_batch(cells, g), g))  # paper first, one generator
+    assert torch.equal(through(list(augment.COMPONENTS) + list(COMPONENTS)), cells)
+
+
+def test_config_for_both_families_takes_either_family_s_names():
+    cfg = config_for("cpu", augment="batch+robust", augment_disable="cutout,stain")
+    assert cfg.disabled_components == ["cutout", "stain"]
+    with pytest.raises(ValueError, match="valid names"):
+        config_for("cpu", augment="batch+robust", augment_disable="sparkles")
+
+
+def test_a_run_trains_with_both_families(data_dir, tmp_path, monkeypatch):
+    import json
+
+    from bcc_utils.train import train
+
+    monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = config_for("smoke", augment="batch+robust", augment_disable="cutout", num_threads=1, bootstrap_resamples=20)
+    out = train(cfg, data_dir, tmp_path / "run", progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["augment"] == "batch+robust" and m["test"]["n"] > 0
