@@ -463,10 +463,11 @@ def _per_class(runs, metric: str, by_seed: bool = False):
         rows.append([float(np.mean(other[ref == c] == c)) if (ref == c).any() else 0.0 for c in range(len(classes))])
     index = pd.MultiIndex.from_arrays([runs["variant"].to_numpy(), runs["seed"].to_numpy()], names=["variant", "seed"])
     table = pd.DataFrame(rows, index=index, columns=classes)
-    table = table.sort_index(level="seed") if by_seed else table.groupby(level="variant").mean()
-    variants = table.index.get_level_values("variant")
-    order = [v for v in [*VARIANTS, *RECIPES] if v in variants] + sorted(set(variants) - {*VARIANTS, *RECIPES})
-    return (table.loc[order] if not by_seed else table.reindex(order, level="variant")).T
+    if not by_seed:
+        table = table.groupby(level="variant").mean()
+    variants = set(table.index.get_level_values("variant"))
+    order = [v for v in [*VARIANTS, *RECIPES] if v in variants] + sorted(variants - {*VARIANTS, *RECIPES})
+    return table.sort_index(level="seed").reindex(order, level="variant").T if by_seed else table.loc[order].T
 
 
 __all__ = ["VARIANTS", "RECIPES", "BASES", "base_config", "variant_config", "run_ablation", "run_record",

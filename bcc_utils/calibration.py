@@ -254,6 +254,13 @@ def compare_views(logits: dict, n_bins: int = 15):
     return pd.DataFrame(rows), temps
 
 
+def run_views(logits, tta: str) -> np.ndarray:
+    """The views of V×N×K dihedral logits (:func:`split_logits`) that a run with test-time augmentation ``tta`` uses:
+    all four for ``"dihedral"``, the plain image alone (view 0) for ``"none"``."""
+    z = _views(logits)
+    return z if tta == "dihedral" else z[:1]
+
+
 def calibrate_run(checkpoint, data_dir=None, n_bins: int = 15, cache_dir=None, device: str = "auto",
                   progress: bool = False, write: bool = True) -> dict:
     """Fit the temperature on the validation split and report calibration before/after on val and test.
@@ -274,21 +281,18 @@ def calibrate_run(checkpoint, data_dir=None, n_bins: int = 15, cache_dir=None, d
     ckpt_tta = load_checkpoint(checkpoint)["config"]["tta"]
     logits = split_logits(checkpoint, data_dir, ("val", "test"), "dihedral", cache_dir, device, progress)
 
-    def views(z):  # the run's own TTA setting
-        return z if ckpt_tta == "dihedral" else z[:1]
-
     z_val, y_val, _ = logits["val"]
-    t = fit_temperature(views(z_val), y_val)
+    t = fit_temperature(run_views(z_val, ckpt_tta), y_val)
     report = {"schema_version": 1, "temperature": round(t, 6), "fitted_on": "val", "tta": ckpt_tta,
               "n_bins": n_bins, "checkpoint": checkpoint.name}
     for split, (z, y, _) in logits.items():
-        report[split] = {"n": int(len(y)), "before": summary(scaled_proba(views(z)), y, n_bins),
-                         "after": summary(scaled_proba(views(z), t), y, n_bins)}
+        report[split] = {"n": int(len(y)), "before": summary(scaled_proba(run_views(z, ckpt_tta)), y, n_bins),
+                         "after": summary(scaled_proba(run_views(z, ckpt_tta), t), y, n_bins)}
     if write:
         write_calibration(report, checkpoint)
     return {**report, "logits": logits}
 
 
-__all__ = ["reliability_table", "ece", "nll", "scaled_proba", "fit_temperature", "confidence_direction",
+__all__ = ["reliability_table", "ece", "nll", "scaled_proba", "run_views", "fit_temperature", "confidence_direction",
            "selective_curve", "threshold_for_accuracy", "at_threshold", "summary", "split_logits", "compare_views",
            "calibrate_run", "load_temperature", "CALIBRATION_FILE"]

@@ -93,6 +93,16 @@ def level(kind: str, severity: int) -> float:
     return LEVELS[kind][int(severity) - 1]
 
 
+#: The parameter of each kind that means "no change" (severity 0).
+CLEAN_LEVEL: dict[str, float] = {"blur": 0.0, "jpeg": 100.0, "color": 0.0, "zoom": 1.0, "noise": 0.0, "zoom_out": 1.0}
+
+
+def nearest_severity(kind: str, value: float) -> int:
+    """The severity (0-5) of ``kind`` whose parameter lies nearest ``value`` (e.g. a measured ΔE or size ratio)."""
+    levels = [CLEAN_LEVEL[kind]] + [level(kind, s) for s in SEVERITIES]
+    return int(np.argmin([abs(v - value) for v in levels]))
+
+
 def _blur(rgb, sigma):
     s = sigma * min(rgb.shape[:2]) / REFERENCE_SIDE
     return cv2.GaussianBlur(rgb, (0, 0), s, borderType=cv2.BORDER_REFLECT_101)
@@ -431,6 +441,6 @@ def plot_corruption_curves(curves, references: dict[str, float] | None = None, a
     return fig
 
 
-__all__ = ["KINDS", "LEVELS", "UNITS", "SEVERITIES", "REFERENCE_SIDE", "level", "corrupt", "psnr",
+__all__ = ["KINDS", "LEVELS", "UNITS", "SEVERITIES", "REFERENCE_SIDE", "CLEAN_LEVEL", "level", "nearest_severity", "corrupt", "psnr",
            "stratified_subset", "CorruptionCurves", "corruption_curves", "save_curves", "load_curves",
            "plot_corruption_curves"]

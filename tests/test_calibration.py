@@ -177,3 +177,12 @@ def test_plot_selective_names_the_threshold_point_in_the_legend():
     assert all(0 <= x <= 1 for line in ax.lines for x in np.atleast_1d(line.get_xdata()))
     nothing = plot_selective({"home": (prob, y)}, 0.99, threshold=1.01)
     assert [t.get_text() for t in nothing.axes[0].get_legend().get_texts()] == ["home: nothing kept at the threshold"]
+
+
+def test_run_views_keeps_the_views_a_run_uses():
+    from bcc_utils.calibration import run_views
+
+    z = np.arange(4 * 3 * 2, dtype=float).reshape(4, 3, 2)
+    assert np.array_equal(run_views(z, "dihedral"), z)
+    assert np.array_equal(run_views(z, "none"), z[:1])
+    assert run_views(z[0], "none").shape == (1, 3, 2)  # N×K logits are one view

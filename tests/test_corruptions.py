@@ -196,3 +196,12 @@ def test_robustness_command_errors_are_one_line(run_dir, data_dir, tmp_path, cap
         assert err.startswith("error:") and message in err and "Traceback" not in err
     assert main(["robustness", str(tmp_path / "missing.pt"), "--data-dir", str(data_dir)]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_nearest_severity_includes_the_clean_image():
+    from bcc_utils.corruptions import LEVELS, nearest_severity
+
+    assert nearest_severity("color", 0.5) == 0 and nearest_severity("color", 25.0) == 5
+    assert nearest_severity("zoom", 1.45) == 3 and nearest_severity("zoom", 1.02) == 0
+    assert nearest_severity("jpeg", 95) == 0 and nearest_severity("jpeg", 44) == 2
+    assert all(nearest_severity(k, v) == s + 1 for k, levels in LEVELS.items() for s, v in enumerate(levels))
