@@ -48,12 +48,31 @@ RECIPES: dict[str, tuple[str, dict]] = {
 }
 
 
+#: The remedies against another lab's images (base ``robust``): each leaves out one component of
+#: :mod:`bcc_utils.robust_augment`, and ``no_remedies`` all of them (the ``cpu`` preset's flips and transposes).
+REMEDIES: dict[str, tuple[str, dict]] = {
+    "no_zoom": ("zoom and free rotation (cell size against the frame)", {"augment_disable": "zoom"}),
+    "no_stain": ("stain jitter in optical density (HED)", {"augment_disable": "stain"}),
+    "no_colour": ("hue, saturation and grey", {"augment_disable": "colour"}),
+    "no_white_balance": ("white balance, brightness and contrast", {"augment_disable": "white_balance"}),
+    "no_blur": ("Gaussian blur", {"augment_disable": "blur"}),
+    "no_remedies": ("all five: flips and transposes only", {"augment": "dihedral", "augment_disable": ""}),
+}
+
+#: Every variant name, in the order tables list them.
+ORDER: tuple[str, ...] = (*VARIANTS, *REMEDIES, *RECIPES)
+
+
 def _variant(name: str) -> tuple[str, dict]:
-    if name in VARIANTS:
-        return VARIANTS[name]
-    if name in RECIPES:
-        return RECIPES[name]
-    raise ValueError(f"Unknown ablation variant {name!r}; choose from {', '.join([*VARIANTS, *RECIPES])}")
+    for table in (VARIANTS, REMEDIES, RECIPES):
+        if name in table:
+            return table[name]
+    raise ValueError(f"Unknown ablation variant {name!r}; choose from {', '.join(ORDER)}")
+
+
+def default_variants(base: str) -> list[str]:
+    """The grid a base runs when no variants are named: the remedies for ``robust``, else :data:`VARIANTS`."""
+    return ["full", *REMEDIES] if base == "robust" else list(VARIANTS)
 
 
 #: Folder (inside the results folder) of the claims that stop two processes from training one run.
@@ -73,6 +92,8 @@ BASES: dict[str, dict] = {
                       bootstrap_resamples=200),
     # The paper's own recipe on a GPU (10 epochs at 300 px per run: hours for the whole grid).
     "paper": dict(preset="paper", tta="none", bootstrap_resamples=200),
+    # The `robust` preset (remedies against other labs' images), one thread per run so two train side by side.
+    "robust": dict(preset="robust", num_threads=1, bootstrap_resamples=200),
     # Seconds per run, for CI: the whole grid, tiny inputs, a few batches.
     "smoke": dict(preset="smoke", augment="paper", mixup_p=0.5, balance="both", tta="none", tta_val=False,
                   num_workers=0, num_threads=1, limit_train_batches=3, limit_eval_batches=2,
@@ -81,7 +102,7 @@ BASES: dict[str, dict] = {
 
 
 def base_config(base: str = "cpu", **overrides) -> TrainConfig:
-    """The full pipeline of ablation base ``"cpu"``, ``"paper"`` or ``"smoke"``, with fields overridden."""
+    """The full pipeline of an ablation base (a key of :data:`BASES`), with fields overridden."""
     if base not in BASES:
         raise ValueError(f"Unknown ablation base {base!r}; choose one of {', '.join(BASES)}")
     values = dict(BASES[base])
@@ -90,7 +111,7 @@ def base_config(base: str = "cpu", **overrides) -> TrainConfig:
 
 
 def variant_config(name: str, base: TrainConfig, seed: int) -> TrainConfig:
-    """The config of variant ``name`` (see :data:`VARIANTS` and :data:`RECIPES`) with training seed ``seed``."""
+    """The config of variant ``name`` (see :data:`VARIANTS`, :data:`REMEDIES`, :data:`RECIPES`) with training seed ``seed``."""
     return dataclasses.replace(base, **_variant(name)[1], seed=seed)
 
 
@@ -111,7 +132,7 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
     base
         Key of :data:`BASES`.
     variants, seeds
-        Which variants (default: all of :data:`VARIANTS`) and training seeds. The split is the same
+        Which variants (default: :func:`default_variants` of ``base``) and training seeds. The split is the same
         for every run (``split_seed``), so runs with the same seed differ only in the component.
     overrides
         Config fields changed for *all* runs (e.g. ``{"epochs": 5}``); recorded in ``ablation.json``.
@@ -132,7 +153,7 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
     from bcc_utils.metrics import hardware_info
     from bcc_utils.train import train_or_load
 
-    variants = list(VARIANTS) if variants is None else list(variants)
+    variants = default_variants(base) if variants is None else list(variants)
     external = [Path(f) for f in external]
     names = [f.name for f in external]
     if len(set(names)) < len(names):
@@ -186,7 +207,7 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
         grid.update({
             "schema_version": 1, "base": base, "base_config": base_cfg.to_dict(),
             "variants": {v: {"removes": _variant(v)[0], "overrides": _variant(v)[1]}
-                         for v in dict.fromkeys([*VARIANTS, *variants])},
+                         for v in dict.fromkeys([*default_variants(base), *variants])},
         })
         grid["invocations"].append(invocation)
 
@@ -196,7 +217,7 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
 
 def _command(base, variants, seeds, overrides, external=()) -> str:
     parts = ["python -m bcc_utils ablate", f"--base {base}", "--seeds " + " ".join(map(str, seeds))]
-    if list(variants) != list(VARIANTS):
+    if list(variants) != default_variants(base):
         parts.append("--variants " + " ".join(variants))
     parts += [f"--set {k}={v}" for k, v in (overrides or {}).items()]
     if external:  # the sets by name: a results file must not carry this machine's folders
@@ -324,7 +345,7 @@ def summarize(runs, reference: str = "full", n_resamples: int = 2000, seed: int 
     Returns
     -------
     DataFrame
-        Indexed by variant (in :data:`VARIANTS` order): ``removes, n_seeds, mean, min, max, macro_f1,
+        Indexed by variant (in :data:`ORDER`): ``removes, n_seeds, mean, min, max, macro_f1,
         diff, diff_lo, diff_hi, test_lo, test_hi, significant, t_lo, t_hi, t_significant``.
     """
     import pandas as pd
@@ -345,7 +366,7 @@ def summarize(runs, reference: str = "full", n_resamples: int = 2000, seed: int 
 
     ref = boot_acc(reference)
     cols = np.arange(n_resamples)
-    order = [v for v in VARIANTS if v in set(runs["variant"])] + sorted(set(runs["variant"]) - set(VARIANTS))
+    order = [v for v in ORDER if v in set(runs["variant"])] + sorted(set(runs["variant"]) - set(ORDER))
     out = []
     for v in order:
         part = runs[runs["variant"] == v]
@@ -374,7 +395,7 @@ def per_class_f1(runs, reference: str = "full"):
     import pandas as pd
 
     f1 = pd.DataFrame([r.f1 for r in runs.itertuples()], index=runs["variant"]).groupby(level=0).mean()
-    order = [v for v in VARIANTS if v in f1.index] + sorted(set(f1.index) - set(VARIANTS))
+    order = [v for v in ORDER if v in f1.index] + sorted(set(f1.index) - set(ORDER))
     f1 = f1.loc[order]
     return f1 - f1.loc[reference]
 
@@ -430,7 +451,7 @@ def external_summary(runs, measure: str = "accuracy", reference: str = "full", c
                                          extra if np.isfinite(extra) else 0.0, confidence))
         out["diff_lo"], out["diff_hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
         out["significant"] = (out["diff_lo"] > 0) | (out["diff_hi"] < 0)
-    order = [v for v in [*VARIANTS, *RECIPES] if v in out.index.get_level_values(0)]
+    order = [v for v in ORDER if v in out.index.get_level_values(0)]
     order += sorted(set(out.index.get_level_values(0)) - set(order))
     return out.reindex(order, level=0)
 
@@ -466,10 +487,11 @@ def _per_class(runs, metric: str, by_seed: bool = False):
     if not by_seed:
         table = table.groupby(level="variant").mean()
     variants = set(table.index.get_level_values("variant"))
-    order = [v for v in [*VARIANTS, *RECIPES] if v in variants] + sorted(variants - {*VARIANTS, *RECIPES})
+    order = [v for v in ORDER if v in variants] + sorted(variants - set(ORDER))
     return table.sort_index(level="seed").reindex(order, level="variant").T if by_seed else table.loc[order].T
 
 
-__all__ = ["VARIANTS", "RECIPES", "BASES", "base_config", "variant_config", "run_ablation", "run_record",
+__all__ = ["VARIANTS", "REMEDIES", "RECIPES", "ORDER", "default_variants", "BASES", "base_config", "variant_config",
+           "run_ablation", "run_record",
            "external_record", "EXTERNAL_FIELDS", "load_ablation",
            "summarize", "per_class_f1", "per_class_recall", "per_class_precision", "external_summary", "welch_interval", "HISTORY_FIELDS"]

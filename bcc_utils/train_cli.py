@@ -157,11 +157,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate``, ``predict``, ``calibrate`` and ``ablate`` to the command-line parser."""
-    p = sub.add_parser("train", help="train a model (presets paper/cpu/smoke), then evaluate it on the test split",
+    p = sub.add_parser("train", help="train a model with a preset, then evaluate it on the test split",
                        description="Train with a preset; every config field can be overridden with --set key=value "
                                    "(see bcc_utils.config.TrainConfig).")
     p.add_argument("--preset", choices=PRESET_NAMES, required=True,
-                   help="paper: the paper's protocol (GPU); cpu: classroom path on a CPU; smoke: seconds, for CI")
+                   help="paper: the paper's protocol (GPU); cpu: classroom path on a CPU; robust: the cpu path trained "
+                        "against other labs' images; resnet18-cpu: a ResNet-18 from scratch; smoke: seconds, for CI")
     p.add_argument("--model", help="timm model name (e.g. efficientnet_b0, resnet50, tf_efficientnet_lite0)")
     p.add_argument("--data-dir", help="dataset folder (default: $BCC_DATA_DIR)")
     p.add_argument("--out", help="run folder (default: runs/<model>-<preset>)")
@@ -224,13 +225,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "write one JSON per run. Finished runs are skipped, so an interrupted grid "
                                    "continues where it stopped.")
     # the keys of ablation.BASES, spelled out: importing ablation loads albumentations, slow for every command
-    p.add_argument("--base", choices=("cpu", "classroom", "paper", "smoke"), default="cpu",
+    p.add_argument("--base", choices=("cpu", "classroom", "robust", "paper", "smoke"), default="cpu",
                    help="budget of every run: cpu (1 epoch on a CPU, minutes per run), classroom (the cpu preset's "
-                        "5 epochs with the paper's pipeline), paper (GPU), smoke (CI)")
+                        "5 epochs with the paper's pipeline), robust (the robust preset; its variants leave out one "
+                        "remedy each), paper (GPU), smoke (CI)")
     p.add_argument("--data-dir", help="dataset folder (default: $BCC_DATA_DIR)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
     p.add_argument("--variants", nargs="+",
-                   help="subset of variants (default: all of bcc_utils.ablation.VARIANTS; also RECIPES, e.g. classroom)")
+                   help="subset of variants (default: all of bcc_utils.ablation.VARIANTS, or with --base robust "
+                        "full and all of REMEDIES; also RECIPES, e.g. classroom)")
     p.add_argument("--results", default="results/ablation", help="folder for the per-run JSON (default: %(default)s)")
     p.add_argument("--runs", default="runs/ablation", help="folder for the training runs (default: %(default)s)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],

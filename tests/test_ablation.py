@@ -65,6 +65,21 @@ def test_the_classroom_recipe_is_the_cpu_preset_and_full_adds_the_papers_pipelin
     assert base.augment == "batch" and base.epochs == PRESETS["cpu"].epochs
 
 
+def test_each_remedy_variant_leaves_out_exactly_its_component():
+    from bcc_utils.ablation import REMEDIES, default_variants
+    from bcc_utils.robust_augment import COMPONENTS as REMEDY_COMPONENTS
+
+    full = base_config("robust")
+    assert "robust" in full.augment and not full.disabled_components
+    assert default_variants("robust") == ["full", *REMEDIES] and default_variants("cpu") == list(VARIANTS)
+    for name, (_, overrides) in REMEDIES.items():
+        cfg = variant_config(name, full, seed=3)
+        kept = set() if "robust" not in cfg.augment else set(REMEDY_COMPONENTS) - set(cfg.disabled_components)
+        left_out = set(REMEDY_COMPONENTS) - kept
+        assert left_out == (set(REMEDY_COMPONENTS) if name == "no_remedies" else {name.removeprefix("no_")}), name
+        assert set(cfg.differences(full)) - {"seed"} <= set(overrides), name
+
+
 def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="Unknown ablation variant"):
         variant_config("no_magic", base_config("smoke"), 0)

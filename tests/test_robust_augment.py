@@ -20,7 +20,7 @@ def cells(sample_root):
 
 
 def only(name, **kw):
-    p = dataclasses.replace(RobustParams(), **{f"{name}_p": 1.0, **kw})
+    p = dataclasses.replace(RobustParams(), **{"image_p": 1.0, f"{name}_p": 1.0, **kw})
     return p, [c for c in COMPONENTS if c != name]
 
 
@@ -38,6 +38,17 @@ def test_all_disabled_is_the_identity_and_draws_are_reproducible(cells):
     assert not torch.equal(a, robust_batch(cells, torch.Generator().manual_seed(4)))
 
 
+def test_images_not_chosen_pass_unchanged_and_the_chosen_ones_change(cells):
+    batch = cells.repeat(16, 1, 1, 1)
+    out = robust_batch(batch, torch.Generator().manual_seed(0), dataclasses.replace(RobustParams(), image_p=0.5))
+    same = (out == batch).flatten(1).all(1)
+    assert 0.25 < same.float().mean() < 0.75  # about half, of 16 x 4 images
+    changed = (out.int() - batch.int()).abs().flatten(1).float().mean(1)
+    assert (changed[~same] > 1.0).all()  # chosen images are really augmented, not rounded back
+    assert torch.equal(robust_batch(batch, torch.Generator().manual_seed(0), dataclasses.replace(RobustParams(), image_p=0.0)),
+                       batch)
+
+
 def test_zoom_in_makes_the_cell_larger_and_zoom_out_smaller(cells):
     p, off = only("zoom", zoom_range=(2.0, 2.0), shift_limit=0.0)
     bigger = robust_batch(cells, torch.Generator().manual_seed(0), p, disable=off)
@@ -50,7 +61,7 @@ def test_zoom_in_makes_the_cell_larger_and_zoom_out_smaller(cells):
 
 
 def test_stain_jitter_with_no_change_is_the_identity_within_rounding(cells):
-    p, off = only("stain", stain_scale=0.0, stain_shift=0.0)
+    p, off = only("stain", stain_scale=(1.0, 1.0), stain_shift=0.0)
     out = robust_batch(cells, torch.Generator().manual_seed(0), p, disable=off)
     assert (out.int() - cells.int()).abs().max() <= 1  # RGB -> optical density -> stains -> back
 
