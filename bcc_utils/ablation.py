@@ -158,10 +158,10 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
     names = [f.name for f in external]
     if len(set(names)) < len(names):
         raise ValueError(f"external sets need distinct folder names, got {names}")
-    for v in variants:
-        variant_config(v, TrainConfig(), 0)  # unknown names fail before any training
     seeds = [int(s) for s in seeds]
     base_cfg = base_config(base, **(overrides or {}))
+    for v in variants:
+        variant_config(v, base_cfg, 0)  # unknown names, or a variant the base cannot take, fail before any training
     results, runs = Path(results_dir), Path(runs_dir)
     results.mkdir(parents=True, exist_ok=True)
     grid_file = results / "ablation.json"
