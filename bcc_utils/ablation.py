@@ -63,7 +63,9 @@ REMEDIES: dict[str, tuple[str, dict]] = {
 ORDER: tuple[str, ...] = (*VARIANTS, *REMEDIES, *RECIPES)
 
 
-def _variant(name: str) -> tuple[str, dict]:
+def _variant(name: str, base: str | None = None) -> tuple[str, dict]:
+    if name == "full" and base == "robust":
+        return "nothing: the robust preset (its five remedies and the weighted loss)", {}
     for table in (VARIANTS, REMEDIES, RECIPES):
         if name in table:
             return table[name]
@@ -167,6 +169,16 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
     grid_file = results / "ablation.json"
     if grid_file.exists() and json.loads(grid_file.read_text())["base_config"] != base_cfg.to_dict():
         raise ValueError(f"{grid_file} holds a grid with a different base config; use another results_dir")
+    variant_names = list(dict.fromkeys([*default_variants(base), *variants]))
+
+    def describe(grid: dict) -> None:  # what the grid is, written before any run: an interrupted grid still says it
+        grid.setdefault("invocations", [])
+        grid.update({"schema_version": 1, "base": base, "base_config": base_cfg.to_dict(),
+                     "variants": {**grid.get("variants", {}),
+                                  **{v: {"removes": _variant(v, base)[0], "overrides": _variant(v)[1]}
+                                     for v in variant_names}}})
+
+    update_json(grid_file, describe)
     device = resolve_device(base_cfg.device)
     todo = [(s, v) for s in seeds for v in variants if not (results / f"{v}-s{s}.json").exists()]
     log(f"ablation: {len(variants) * len(seeds) - len(todo)} of {len(variants) * len(seeds)} runs done; "
@@ -187,7 +199,7 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
                     continue
                 cfg = variant_config(v, base_cfg, seed)
                 run_dir = train_or_load(cfg, data_dir, runs / name, progress=progress, cache_dir=cache_dir)
-                record = run_record(run_dir, v, seed)
+                record = run_record(run_dir, v, seed, base)
                 if external:
                     record["external"] = external_record(run_dir, external)
                 write_json(record, results / f"{name}.json")
@@ -203,12 +215,7 @@ def run_ablation(data_dir=None, results_dir="results/ablation", runs_dir="runs/a
         "hardware": hardware_info(device)}
 
     def add_invocation(grid: dict) -> None:  # under a lock: other processes may share this results folder
-        grid.setdefault("invocations", [])
-        grid.update({
-            "schema_version": 1, "base": base, "base_config": base_cfg.to_dict(),
-            "variants": {v: {"removes": _variant(v)[0], "overrides": _variant(v)[1]}
-                         for v in dict.fromkeys([*default_variants(base), *variants])},
-        })
+        describe(grid)
         grid["invocations"].append(invocation)
 
     update_json(grid_file, add_invocation)
@@ -250,8 +257,8 @@ def external_record(run_dir, folders) -> dict:
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
-def run_record(run_dir: str | os.PathLike, variant: str, seed: int) -> dict:
-    """The small JSON kept for one ablation run: metrics, learning curves, timing, test predictions."""
+def run_record(run_dir: str | os.PathLike, variant: str, seed: int, base: str | None = None) -> dict:
+    """The small JSON kept for one ablation run of grid ``base``: metrics, learning curves, timing, test predictions."""
     import pandas as pd
 
     from bcc_utils.run import HISTORY_CSV, METRICS, PREDICTIONS
@@ -262,7 +269,7 @@ def run_record(run_dir: str | os.PathLike, variant: str, seed: int) -> dict:
     history = pd.read_csv(run_dir / HISTORY_CSV)
     classes = m["classes"]
     return {
-        "schema_version": 1, "variant": variant, "seed": seed, "removes": _variant(variant)[0],
+        "schema_version": 1, "variant": variant, "seed": seed, "removes": _variant(variant, base)[0],
         "config": m["config"], "accuracy": m["test"]["accuracy"], "macro_f1": m["test"]["macro_f1"],
         "accuracy_ci": m["test"]["accuracy_ci"], "best_epoch": m["best_epoch"],
         "val_acc": float(history["val_acc"].max()),  # what model selection may use

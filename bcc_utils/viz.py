@@ -382,7 +382,8 @@ def plot_per_class_change(changes: Mapping[str, pd.DataFrame], title: str | None
 
 
 def plot_shift_ablation(pbc_diff: pd.Series, external: pd.DataFrame, reference: str = "full",
-                        measure: str = "accuracy") -> Figure:
+                        measure: str = "accuracy", title: str = "Removing one component: PBC's own test split vs "
+                                                              "other labs' cells") -> Figure:
     """What removing each component does on PBC's test split and on external sets, in percentage points.
 
     Parameters
@@ -394,6 +395,8 @@ def plot_shift_ablation(pbc_diff: pd.Series, external: pd.DataFrame, reference: 
         from the lowest to the highest seed (each minus the reference's mean on that set).
     measure
         What ``external`` holds (``"accuracy"`` or ``"balanced_accuracy"``), for the axis label.
+    title
+        The axes' title.
     """
     variants = [v for v in pbc_diff.index if v != reference][::-1]
     sets = list(dict.fromkeys(external.index.get_level_values("set")))
@@ -412,7 +415,7 @@ def plot_shift_ablation(pbc_diff: pd.Series, external: pd.DataFrame, reference: 
     ax.set_yticks(y, [v.replace("_", " ") for v in variants])
     ax.set_xlabel("accuracy minus the full pipeline's, percentage points" if measure == "accuracy" else
                   f"minus the full pipeline's, points (PBC: accuracy; other sets: {measure.replace('_', ' ')})")
-    ax.set_title("Removing one component: PBC's own test split vs other labs' cells")
+    ax.set_title(title)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return fig

@@ -89,6 +89,12 @@ def test_unknown_names_are_refused():
         base_config("smoke", augment="dihedral", augment_disable="cutout")
 
 
+def test_a_remedy_on_a_base_without_it_fails_before_any_training(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown augmentation component.*zoom"):
+        run_ablation(tmp_path / "data", tmp_path / "results", tmp_path / "runs", base="smoke", variants=["no_zoom"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_smoke_grid_writes_records_resumes_and_summarizes(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("BCC_CACHE_DIR", str(tmp_path / "cache"))
     res, runs = tmp_path / "res", tmp_path / "runs"
@@ -125,6 +131,22 @@ def _record(variant, seed, correct):
     y_true = [0] * len(correct)
     return {"variant": variant, "seed": seed, "removes": variant, "accuracy": float(np.mean(correct)),
             "macro_f1": 0.0, "paths_sha": "same", "y_true": y_true, "y_pred": [0 if c else 1 for c in correct]}
+
+
+def test_an_interrupted_grid_still_says_what_it_is(data_dir, tmp_path, monkeypatch):
+    import bcc_utils.train
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # the session ends during the first run
+
+    monkeypatch.setattr(bcc_utils.train, "train_or_load", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(data_dir, tmp_path / "results", tmp_path / "runs", base="smoke", variants=["full", "no_mixup"],
+                     seeds=[0], progress=False, log=lambda *a: None)
+    grid = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    assert grid["base"] == "smoke" and grid["base_config"] == base_config("smoke").to_dict()
+    assert {"full", "no_mixup"} <= set(grid["variants"]) and grid["invocations"] == []
+    assert not list((tmp_path / "results").glob("*-s*.json")) and not list((tmp_path / "results" / ".claims").glob("*.claim"))
 
 
 def test_summary_difference_and_its_two_intervals():
